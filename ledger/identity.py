@@ -1,0 +1,205 @@
+"""Customers and identity (SPEC §3): who each event is about.
+
+A customer is resolved from exact identity keys (a valid phone in E.164, a WeChat id, a platform
+user). The fold runs in *canonical order* — ``occurred_at``, then ``event_id`` — so that the answer
+never depends on the order in which events arrived (ledger order would: two stores holding the
+same facts must agree):
+
+* an event naming a key already known belongs to that key's customer;
+* an event naming several keys links the unknown ones to the customer of the known ones;
+* an event naming only unknown keys starts a new customer, whose id is derived from that event's
+  id (``C-`` + 10 hex digits of its SHA-256): stable, and free of personal data;
+* when one event's keys point at two different customers, the event goes to the customer created
+  first and the pair is reported as a `MergeCandidate`; nothing is merged automatically;
+* ``customers.merged`` joins the merged customer into the survivor (union–find): everything either
+  ever did belongs to the survivor from then on, in every projection.
+
+Events that name no person (an attendance, a session, a refund, a ticket decision) belong to the
+customer of the appointment, order or ticket they refer to.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+
+from ledger.events import (
+    AssessmentAttended,
+    AssessmentBooked,
+    AssessmentCancelled,
+    AssessmentNoShow,
+    CustomersMerged,
+    LedgerEvent,
+    OrderPaid,
+    OrderRefunded,
+    Person,
+    SessionDelivered,
+    TransferDecided,
+    TransferRequested,
+)
+
+CustomerId = str
+
+
+def canonical_key(event: LedgerEvent) -> tuple[datetime, str]:
+    """The order every projection folds in: when it happened, then its id (never arrival order)."""
+    return (event.occurred_at, event.event_id)
+
+
+def customer_id_for(event_id: str) -> CustomerId:
+    return "C-" + hashlib.sha256(event_id.encode()).hexdigest()[:10].upper()
+
+
+@dataclass(frozen=True)
+class MergeCandidate:
+    """One event's keys pointed at two customers: a human should look (and maybe merge)."""
+
+    kept: CustomerId  # the customer created first, who got the event
+    other: CustomerId
+    event_id: str
+    occurred_at: datetime
+    keys: tuple[str, ...]  # identity key kinds involved, e.g. ("phone", "wechat"): no values
+
+
+class Identity:
+    """The identity fold. Feed events with `observe` in canonical order, then ask `customer_of`."""
+
+    def __init__(self) -> None:
+        self.owner_of_key: dict[str, CustomerId] = {}
+        self.keys_of: dict[CustomerId, list[str]] = {}
+        self.created_at: dict[CustomerId, tuple[datetime, str]] = {}
+        self.parent: dict[CustomerId, CustomerId] = {}
+        self.by_event: dict[str, CustomerId] = {}
+        self.by_reference: dict[str, CustomerId] = {}  # "order:<id>", "appointment:<id>", "ticket:<id>"
+        self.merge_candidates: list[MergeCandidate] = []
+        self.merges: list[tuple[CustomerId, CustomerId, str]] = []  # (merged, survivor, event_id)
+
+    # -- union–find ----------------------------------------------------------------------
+
+    def root(self, customer: CustomerId) -> CustomerId:
+        path = []
+        while customer in self.parent:
+            path.append(customer)
+            customer = self.parent[customer]
+        for c in path:
+            self.parent[c] = customer
+        return customer
+
+    def customers(self) -> list[CustomerId]:
+        """Every customer that has not been merged into another, in creation order."""
+        alive = [c for c in self.created_at if c not in self.parent]
+        return sorted(alive, key=lambda c: self.created_at[c])
+
+    def members(self, customer: CustomerId) -> list[CustomerId]:
+        """The customer and every customer merged into it."""
+        root = self.root(customer)
+        return sorted((c for c in self.created_at if self.root(c) == root), key=lambda c: self.created_at[c])
+
+    # -- resolution ----------------------------------------------------------------------
+
+    def resolve(self, person: Person, event: LedgerEvent) -> CustomerId:
+        keys = person.identity_keys()
+        found: list[CustomerId] = []
+        for key in keys:
+            owner = self.owner_of_key.get(key)
+            if owner is not None:
+                owner = self.root(owner)
+                if owner not in found:
+                    found.append(owner)
+        if not found:
+            customer = customer_id_for(event.event_id)
+            if customer in self.created_at:  # the same event resolving a second person (a merge)
+                customer = customer_id_for(event.event_id + "#2")
+            self.created_at[customer] = canonical_key(event)
+            self.keys_of[customer] = []
+        else:
+            found.sort(key=lambda c: self.created_at[c])
+            customer = found[0]
+            for other in found[1:]:
+                kinds = tuple(sorted({k.split(":", 1)[0].rstrip("?") for k in keys}))
+                self.merge_candidates.append(MergeCandidate(customer, other, event.event_id, event.occurred_at, kinds))
+        for key in keys:
+            if key not in self.owner_of_key:
+                self.owner_of_key[key] = customer
+                self.keys_of[customer].append(key)
+        return customer
+
+    def observe(self, event: LedgerEvent) -> CustomerId | None:
+        """Assign one event (in canonical order) to a customer; None for reference data."""
+        if isinstance(event, CustomersMerged):
+            survivor = self.resolve(event.survivor, event)
+            merged = self.resolve(event.merged, event)
+            survivor, merged = self.root(survivor), self.root(merged)
+            if survivor != merged:
+                self.parent[merged] = survivor
+                self.merges.append((merged, survivor, event.event_id))
+            self.by_event[event.event_id] = survivor
+            return survivor
+        person = event.person_ref
+        if person is not None:
+            customer = self.resolve(person, event)
+            if isinstance(event, OrderPaid):
+                self.by_reference.setdefault("order:" + event.order_id, customer)
+            elif isinstance(event, AssessmentBooked):
+                self.by_reference.setdefault("appointment:" + event.appointment_id, customer)
+            elif isinstance(event, TransferRequested):
+                self.by_reference.setdefault("ticket:" + event.ticket_id, customer)
+            self.by_event[event.event_id] = customer
+            return customer
+        return None
+
+    def customer_of(self, event: LedgerEvent) -> CustomerId | None:
+        """The (surviving) customer an event is about, after the fold; None for reference data."""
+        direct = self.by_event.get(event.event_id)
+        if direct is not None:
+            return self.root(direct)
+        reference = reference_of(event)
+        if reference is None:
+            return None
+        customer = self.by_reference.get(reference)
+        return self.root(customer) if customer is not None else None
+
+    def lookup(self, ref: str) -> CustomerId | None:
+        """A customer by phone, WeChat id, platform user or customer id (SPEC §9 ``REF``)."""
+        ref = ref.strip()
+        if ref in self.created_at:
+            return self.root(ref)
+        candidates = []
+        if ":" in ref:
+            candidates.append("platform:" + ref)
+        candidates.append("wechat:" + ref)
+        person_phone = _phone_key(ref)
+        if person_phone:
+            candidates.insert(0, person_phone)
+        for key in candidates:
+            owner = self.owner_of_key.get(key)
+            if owner is not None:
+                return self.root(owner)
+        return None
+
+
+def _phone_key(ref: str) -> str | None:
+    from ledger.events import normalise_phone
+
+    phone, valid = normalise_phone(ref)
+    return "phone:" + phone if valid else None
+
+
+def reference_of(event: LedgerEvent) -> str | None:
+    if isinstance(event, (SessionDelivered, OrderRefunded)):
+        return "order:" + event.order_id
+    if isinstance(event, (AssessmentAttended, AssessmentNoShow, AssessmentCancelled)):
+        return "appointment:" + event.appointment_id
+    if isinstance(event, TransferDecided):
+        return "ticket:" + event.ticket_id
+    return None
+
+
+def resolve_identities(events: Iterable[LedgerEvent]) -> Identity:
+    """Run the identity fold over events (any order in, canonical order inside)."""
+    identity = Identity()
+    for event in sorted(events, key=canonical_key):
+        identity.observe(event)
+    return identity

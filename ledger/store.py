@@ -1,0 +1,429 @@
+"""The event store: an `eventsourcing` application holding the ledger's stream (SPEC §10).
+
+One code path for both backends: the library's SQLite and PostgreSQL persistence modules, its
+``stored_events`` table and its notification sequence (the *ledger position*). What is ours:
+
+* a small mapper for pydantic events (the 9.5.6 wheel has none): a stored event's state is the
+  canonical JSON of the interchange object, its class version, its content digest and its link in
+  the hash chain;
+* the stream layout. Each source event is its own one-event stream ``ev:<event_id>``, so the
+  database's primary key makes an ``event_id`` unique even between concurrent writers. Every write
+  (one bounded chunk, or with ``atomic`` several chunks in one transaction) also appends a
+  `ChainLink` to the single ``chain`` stream at the next version: writers are thereby serialised
+  optimistically — two writers that validated against the same state cannot both commit, the loser
+  gets `WriteConflict` and re-validates. This is what makes the record's invariants (sessions never
+  beyond what was sold, refunds never above what was paid, a ticket decided once) hold across
+  processes: they are cross-entity rules (a session refers to an order, a scan to an entry point),
+  so the consistency boundary is the ledger, and the chain stream is its version.
+* the hash chain (§10 integrity): each event carries ``sha256(previous link ‖ its digest)`` in
+  ledger order, and each `ChainLink` records the head it reached.
+
+Writes are bounded (`CHUNK_EVENTS`): one PostgreSQL statement of more than ~0.3 MB can hang in
+psycopg's pipeline, so chunks are written as separate statements, never pipelined.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlparse
+
+import orjson
+from eventsourcing.application import Application
+from eventsourcing.persistence import (
+    IntegrityError,
+    Mapper,
+    PersistenceError,
+    StoredEvent,
+)
+
+from ledger.events import BY_TYPE, EVENT_CLASSES, LedgerEvent, upcast
+
+DEFAULT_STORE = "sqlite:///channel-ledger.db"
+STORE_ENV = "CHANNEL_LEDGER_STORE"
+CHUNK_EVENTS = 500
+GENESIS = "0" * 64
+CHAIN_STREAM = "chain"
+EVENT_STREAM_PREFIX = "ev:"
+TOPIC_MODULE = "ledger.events"
+CHAIN_TOPIC = "ledger.store:ChainLink"
+CLASS_BY_TOPIC: dict[str, type[LedgerEvent]] = {f"{TOPIC_MODULE}:{c.__name__}": c for c in EVENT_CLASSES}
+TOPIC_BY_TYPE: dict[str, str] = {c.type: f"{TOPIC_MODULE}:{c.__name__}" for c in EVENT_CLASSES}
+
+
+class StoreError(Exception):
+    """The store cannot be opened or used; the message is one line for a person."""
+
+
+class WriteConflict(Exception):
+    """Another writer appended first; re-read and re-validate."""
+
+
+# --- the stored shapes -------------------------------------------------------------------
+
+
+def canonical_bytes(wire: dict[str, Any]) -> bytes:
+    """Canonical JSON of an interchange object: sorted keys, UTF-8, no spaces."""
+    return orjson.dumps(wire, option=orjson.OPT_SORT_KEYS)
+
+
+def content_digest(event: LedgerEvent) -> str:
+    """SHA-256 of the event's canonical content: the idempotency comparison and the chain's input."""
+    return hashlib.sha256(canonical_bytes(event.wire())).hexdigest()
+
+
+def chain_next(previous: str, digest: str) -> str:
+    """The next link of the hash chain: sha256(previous link ‖ content digest)."""
+    return hashlib.sha256(bytes.fromhex(previous) + bytes.fromhex(digest)).hexdigest()
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A source event as it goes into (and comes out of) the store."""
+
+    originator_id: str
+    originator_version: int
+    event: LedgerEvent
+    digest: str
+    chain: str
+
+
+@dataclass(frozen=True)
+class ChainLink:
+    """One write's record in the ``chain`` stream: the head the chain reached, and how many events."""
+
+    originator_id: str
+    originator_version: int
+    head: str
+    count: int
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """A stored source event with its ledger position."""
+
+    position: int
+    event: LedgerEvent
+    digest: str
+    chain: str
+
+
+@dataclass(frozen=True)
+class ChainHead:
+    version: int
+    hash: str
+
+
+class PydanticMapper(Mapper):
+    """Maps `Entry` / `ChainLink` to the library's `StoredEvent` and back (with upcasting)."""
+
+    def to_stored_event(self, domain_event: Any) -> StoredEvent:  # type: ignore[override]
+        if isinstance(domain_event, ChainLink):
+            state = {"head": domain_event.head, "count": domain_event.count}
+            topic = CHAIN_TOPIC
+        else:
+            event = domain_event.event
+            wire = event.wire()
+            del wire["type"]
+            state = {"v": type(event).class_version, "e": wire, "d": domain_event.digest, "c": domain_event.chain}
+            topic = TOPIC_BY_TYPE[event.type]
+        return StoredEvent(
+            originator_id=domain_event.originator_id,
+            originator_version=domain_event.originator_version,
+            topic=topic,
+            state=orjson.dumps(state),
+        )
+
+    def to_domain_event(self, stored_event: StoredEvent) -> Any:  # type: ignore[override]
+        state = orjson.loads(stored_event.state)
+        if stored_event.topic == CHAIN_TOPIC:
+            return ChainLink(str(stored_event.originator_id), stored_event.originator_version, state["head"], state["count"])
+        cls = CLASS_BY_TOPIC.get(stored_event.topic)
+        if cls is None:
+            raise StoreError(f"stored event {stored_event.originator_id} has an unknown topic {stored_event.topic!r}")
+        body = upcast(cls, state["e"], state.get("v", 1))
+        return Entry(
+            originator_id=str(stored_event.originator_id),
+            originator_version=stored_event.originator_version,
+            event=cls.model_validate(body),
+            digest=state["d"],
+            chain=state["c"],
+        )
+
+
+class LedgerApplication(Application):
+    """The eventsourcing application that records the ledger's events."""
+
+    name = "ChannelLedger"
+
+    def construct_mapper(self) -> Mapper:
+        return PydanticMapper(transcoder=self.factory.transcoder())
+
+
+# --- store URLs --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StoreLocation:
+    kind: str  # "sqlite" | "postgresql"
+    env: dict[str, str]
+    display: str
+
+
+_PG_ENV_KEYS = ("POSTGRES_DBNAME", "POSTGRES_HOST", "POSTGRES_PORT", "POSTGRES_USER", "POSTGRES_PASSWORD", "POSTGRES_SCHEMA")
+
+
+def parse_store_url(url: str) -> StoreLocation:
+    """Read ``sqlite:///path.db`` or ``postgresql://user:pw@host:port/db?schema=s&host=/socket``."""
+    parsed = urlparse(url)
+    common = {"ORIGINATOR_ID_TYPE": "text", "CREATE_TABLE": "y"}
+    if parsed.scheme == "sqlite":
+        # sqlite:///relative.db and sqlite:////absolute/path.db, as SQLAlchemy reads them.
+        path = unquote(url[len("sqlite:///") :]) if url.startswith("sqlite:///") else ""
+        if not path:
+            raise StoreError(f"no database path in {url!r}; e.g. sqlite:///channel-ledger.db")
+        env = {"PERSISTENCE_MODULE": "eventsourcing.sqlite", "SQLITE_DBNAME": path, "SQLITE_LOCK_TIMEOUT": "30", **common}
+        return StoreLocation("sqlite", env, f"sqlite:///{path}")
+    if parsed.scheme in ("postgresql", "postgres"):
+        query = {k: v[-1] for k, v in parse_qs(parsed.query).items()}
+        dbname = parsed.path.lstrip("/") or query.get("dbname", "")
+        if not dbname:
+            raise StoreError(f"no database name in {_redact(url)!r}; e.g. postgresql://user@localhost:5432/ledger")
+        env = {
+            "PERSISTENCE_MODULE": "eventsourcing.postgres",
+            "POSTGRES_DBNAME": dbname,
+            "POSTGRES_HOST": query.get("host") or parsed.hostname or "localhost",
+            "POSTGRES_PORT": str(parsed.port or query.get("port") or 5432),
+            "POSTGRES_USER": unquote(parsed.username or query.get("user") or os.environ.get("PGUSER", "postgres")),
+            "POSTGRES_PASSWORD": unquote(parsed.password or query.get("password") or os.environ.get("PGPASSWORD", "")),
+            "POSTGRES_SCHEMA": query.get("schema", ""),
+            "POSTGRES_CONNECT_TIMEOUT": query.get("connect_timeout", "10"),
+            "POSTGRES_LOCK_TIMEOUT": query.get("lock_timeout", "30"),
+            "POSTGRES_ENABLE_DB_FUNCTIONS": "n",
+            "POSTGRES_POOL_SIZE": "2",
+            **common,
+        }
+        schema = env["POSTGRES_SCHEMA"]
+        if schema and not re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", schema):
+            raise StoreError(f"schema {schema!r} must be a lower-case SQL identifier")
+        return StoreLocation("postgresql", env, _redact(url))
+    raise StoreError(f"unsupported store URL {_redact(url)!r}: use sqlite:///path.db or postgresql://user@host:port/db")
+
+
+def _redact(url: str) -> str:
+    return re.sub(r"//([^:/@]+):[^@]*@", r"//\1:***@", url)
+
+
+def store_url_from(value: str | None) -> str:
+    return value or os.environ.get(STORE_ENV) or DEFAULT_STORE
+
+
+# --- the store ---------------------------------------------------------------------------
+
+
+class LedgerStore:
+    """The ledger's events in an eventsourcing application, plus bulk reads and chained writes."""
+
+    def __init__(self, url: str):
+        self.location = parse_store_url(url)
+        env = dict(self.location.env)
+        try:
+            if self.location.kind == "postgresql":
+                _ensure_pg_schema(env)
+            self.app = LedgerApplication(env=env)
+        except PersistenceError as error:
+            raise StoreError(f"cannot open store {self.location.display}: {_one_line(error)}") from None
+        except OSError as error:
+            raise StoreError(f"cannot open store {self.location.display}: {_one_line(error)}") from None
+        self.recorder: Any = self.app.recorder
+        self.mapper: PydanticMapper = self.app.mapper  # type: ignore[assignment]
+        self.backend = _SqliteBackend(self.recorder) if self.location.kind == "sqlite" else _PostgresBackend(self.recorder)
+
+    def close(self) -> None:
+        self.app.close()
+
+    def __enter__(self) -> LedgerStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # reads -------------------------------------------------------------------------------
+
+    def position(self) -> int:
+        """The ledger position: the highest notification id recorded (0 for an empty store)."""
+        with _translated(self):
+            return self.recorder.max_notification_id() or 0
+
+    def head(self) -> ChainHead:
+        with _translated(self):
+            last = self.recorder.select_events(CHAIN_STREAM, desc=True, limit=1)
+        if not last:
+            return ChainHead(0, GENESIS)
+        link = self.mapper.to_domain_event(last[0])
+        return ChainHead(link.originator_version, link.head)
+
+    def read(self, after: int = 0, upto: int | None = None, page: int = 5000) -> Iterator[Recorded]:
+        """Source events in ledger order from position ``after`` (exclusive) to ``upto`` (inclusive)."""
+        for position, topic, state in self.read_raw(after, upto, page):
+            entry = self.mapper.to_domain_event(StoredEvent("", 1, topic, state))
+            yield Recorded(position, entry.event, entry.digest, entry.chain)
+
+    def read_raw(self, after: int = 0, upto: int | None = None, page: int = 5000) -> Iterator[tuple[int, str, bytes]]:
+        """(position, topic, state) of source events in ledger order, without decoding."""
+        start = after
+        while True:
+            with _translated(self):
+                rows = self.recorder.select_notifications(start, page, stop=upto, inclusive_of_start=False)
+            for row in rows:
+                if row.topic != CHAIN_TOPIC:
+                    yield row.id, row.topic, row.state
+            if len(rows) < page:
+                return
+            start = rows[-1].id
+
+    def lookup(self, event_ids: Sequence[str]) -> dict[str, Recorded]:
+        """The recorded events with these ids (absent ids are left out)."""
+        found: dict[str, Recorded] = {}
+        for i in range(0, len(event_ids), CHUNK_EVENTS):
+            ids = [EVENT_STREAM_PREFIX + e for e in event_ids[i : i + CHUNK_EVENTS]]
+            with _translated(self):
+                rows = self.backend.select_streams(ids)
+            for position, topic, state in rows:
+                entry = self.mapper.to_domain_event(StoredEvent("", 1, topic, state))
+                found[entry.event.event_id] = Recorded(position, entry.event, entry.digest, entry.chain)
+        return found
+
+    # writes ------------------------------------------------------------------------------
+
+    def append(self, events: Sequence[LedgerEvent], head: ChainHead, digests: Sequence[str] | None = None) -> list[int]:
+        """Record events after chain ``head``, in bounded chunks, all in one transaction.
+
+        Raises `WriteConflict` when another writer moved the chain (or recorded one of the ids)
+        since ``head`` was read: nothing is written then."""
+        if not events:
+            return []
+        digests = list(digests) if digests is not None else [content_digest(e) for e in events]
+        chunks: list[list[StoredEvent]] = []
+        chain, version = head.hash, head.version
+        for i in range(0, len(events), CHUNK_EVENTS):
+            stored: list[StoredEvent] = []
+            for event, digest in zip(events[i : i + CHUNK_EVENTS], digests[i : i + CHUNK_EVENTS]):
+                chain = chain_next(chain, digest)
+                entry = Entry(EVENT_STREAM_PREFIX + event.event_id, 1, event, digest, chain)
+                stored.append(self.mapper.to_stored_event(entry))
+            version += 1
+            stored.append(self.mapper.to_stored_event(ChainLink(CHAIN_STREAM, version, chain, len(stored))))
+            chunks.append(stored)
+        try:
+            with _translated(self):
+                positions = self.backend.insert(chunks)
+        except IntegrityError:
+            raise WriteConflict("another writer appended first") from None
+        return [p for chunk_positions in positions for p in chunk_positions[:-1]]
+
+
+def _one_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return text[0] if text else type(error).__name__
+
+
+@contextmanager
+def _translated(store: LedgerStore) -> Iterator[None]:
+    try:
+        yield
+    except IntegrityError:
+        raise
+    except PersistenceError as error:
+        raise StoreError(f"store {store.location.display}: {_one_line(error)}") from None
+
+
+def _ensure_pg_schema(env: dict[str, str]) -> None:
+    schema = env.get("POSTGRES_SCHEMA")
+    if not schema:
+        return
+    import psycopg
+
+    try:
+        with psycopg.connect(**pg_connect_args(env), autocommit=True) as conn:
+            conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
+    except psycopg.Error as error:
+        raise StoreError(f"cannot reach PostgreSQL: {_one_line(error)}") from None
+
+
+def pg_connect_args(env: dict[str, str]) -> dict[str, Any]:
+    return {
+        "dbname": env["POSTGRES_DBNAME"],
+        "host": env["POSTGRES_HOST"],
+        "port": int(env["POSTGRES_PORT"]),
+        "user": env["POSTGRES_USER"],
+        "password": env.get("POSTGRES_PASSWORD") or None,
+        "connect_timeout": int(env.get("POSTGRES_CONNECT_TIMEOUT", "10")),
+    }
+
+
+class _SqliteBackend:
+    def __init__(self, recorder: Any):
+        self.recorder = recorder
+        self.table = recorder.events_table_name
+
+    def select_streams(self, originator_ids: list[str]) -> list[tuple[int, str, bytes]]:
+        marks = ",".join("?" * len(originator_ids))
+        sql = f"SELECT rowid, topic, state FROM {self.table} WHERE originator_id IN ({marks}) AND originator_version = 1"
+        with self.recorder.datastore.transaction(commit=False) as c:
+            c.execute(sql, originator_ids)
+            return [(r[0], r[1], r[2]) for r in c.fetchall()]
+
+    def insert(self, chunks: Iterable[list[StoredEvent]]) -> list[list[int]]:
+        with self.recorder.datastore.transaction(commit=True) as c:
+            return [list(self.recorder._insert_events(c, chunk)) for chunk in chunks]
+
+
+class _PostgresBackend:
+    def __init__(self, recorder: Any):
+        self.recorder = recorder
+        self.qualified = f'"{recorder.datastore.schema}"."{recorder.events_table_name}"'
+
+    def select_streams(self, originator_ids: list[str]) -> list[tuple[int, str, bytes]]:
+        sql = f"SELECT notification_id, topic, state FROM {self.qualified} WHERE originator_id = ANY(%s) AND originator_version = 1"
+        with self.recorder.datastore.get_connection() as conn, conn.cursor() as curs:
+            curs.execute(sql, (originator_ids,))
+            return [(r["notification_id"], r["topic"], bytes(r["state"])) for r in curs.fetchall()]
+
+    def insert(self, chunks: Iterable[list[StoredEvent]]) -> list[list[int]]:
+        out: list[list[int]] = []
+        with self.recorder.datastore.get_connection() as conn:
+            with conn.transaction(), conn.cursor() as curs:
+                for chunk in chunks:
+                    # The library's statements (table lock, NOTIFY, unnest insert ... RETURNING),
+                    # one bounded statement at a time and outside psycopg's pipeline mode.
+                    self.recorder._insert_stored_events(curs, chunk)
+                    out.append([row["notification_id"] for row in curs.fetchall()])
+        return out
+
+
+def reset_store(url: str) -> None:
+    """Delete everything a store holds (the demo's ``--replace``): the SQLite file, or the
+    PostgreSQL schema named in the URL. Refuses a PostgreSQL store without its own schema."""
+    location = parse_store_url(url)
+    if location.kind == "sqlite":
+        path = location.env["SQLITE_DBNAME"]
+        for suffix in ("", "-wal", "-shm"):
+            if os.path.exists(path + suffix):
+                os.remove(path + suffix)
+        return
+    schema = location.env.get("POSTGRES_SCHEMA")
+    if not schema or schema == "public":
+        raise StoreError("refusing to wipe a PostgreSQL store without its own schema: add ?schema=NAME to the URL")
+    import psycopg
+
+    try:
+        with psycopg.connect(**pg_connect_args(location.env), autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    except psycopg.Error as error:
+        raise StoreError(f"cannot reach PostgreSQL: {_one_line(error)}") from None
