@@ -1,0 +1,57 @@
+"""The command line as a person meets it: help for every command, errors as one clear line."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from cli.main import app
+from tests.golden import run_cli
+from tests.scenario import CLINIC, write
+
+
+def all_commands():
+    yield from app.registered_commands
+    for group in app.registered_groups:
+        yield from group.typer_instance.registered_commands
+
+
+@pytest.mark.parametrize("command", [c.name or c.callback.__name__ for c in all_commands()])
+def test_every_command_has_help_text(command: str) -> None:
+    done = run_cli([*command.split(), "--help"])
+    assert done.returncode == 0
+    text = done.stdout.decode()
+    assert "Usage:" in text and len(text.split("Usage:")[1].strip()) > 40
+
+
+def test_ingest_json_has_the_documented_keys(tmp_path, sqlite_store_url) -> None:
+    path = write(tmp_path, CLINIC + '{"event_id": "x", "type": "session.delivered", "occurred_at": "2026-07-08T10:00:00+08:00", "order_id": "nope", "clinician_id": "p1", "room_id": "r", "minutes": 50}')
+    done = run_cli(["ingest", path, "--json", "--store", sqlite_store_url])
+    assert done.returncode == 1
+    out = orjson.loads(done.stdout)
+    assert {"accepted", "repeated", "rejected", "collisions"} <= set(out)
+    assert out["accepted"] == 16 and out["repeated"] == 0
+    assert out["rejected"] == [{"file": path, "line": 17, "event_id": "x", "field": "order_id", "reason": "unknown order 'nope'"}]
+
+
+def test_stdin_is_read_with_a_dash(sqlite_store_url) -> None:
+    done = run_cli(["ingest", "-", "--store", sqlite_store_url], stdin=CLINIC.strip().encode())
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.decode().startswith("accepted 16 · repeated 0 · rejected 0")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["init", "--store", "mysql://x/y"], "Error: unsupported store URL 'mysql://x/y'"),
+        (["init", "--store", "postgresql://nobody@127.0.0.1:1/none"], "Error: cannot open store"),
+        (["ingest", "/no/such/file.jsonl", "--store", "sqlite:///{tmp}/x.db"], "Error: cannot read /no/such/file.jsonl"),
+        (["events", "--customer", "13900000000", "--store", "sqlite:///{tmp}/x.db"], "Error: no customer known by '13900000000'"),
+    ],
+)
+def test_refusals_are_one_line_without_a_traceback(args, message, tmp_path) -> None:
+    done = run_cli([a.replace("{tmp}", str(tmp_path)) for a in args])
+    err = done.stderr.decode()
+    assert done.returncode == 1, err
+    assert err.startswith(message), err
+    assert "Traceback" not in err
