@@ -42,6 +42,33 @@ def report_json(report: IngestReport, collisions: list[dict] | None = None) -> d
     }
 
 
+def collisions_seen(ledger, report: IngestReport) -> list[dict]:
+    """Collisions (撞单) caused by leads this ingest accepted: the agent who collided is told at once."""
+    if not report.accepted_leads or not report.written:
+        return []
+    from cli.attribution_cmds import collision_json
+    from projections.pipeline import facts
+
+    f = facts(ledger.read())
+    if not f.book.adoptions:
+        return []
+    new = set(report.accepted_leads)
+    return [{"customer_id": cid, **collision_json(c)} for cid, c in f.attribution.collisions() if c.event_id in new]
+
+
+def print_collisions(collisions: list[dict]) -> None:
+    if not collisions:
+        return
+    stdout.print(f"collisions seen (撞单): {len(collisions)}")
+    for c in collisions:
+        where = "inside" if c["inside_protection"] else "after"
+        stdout.print(
+            f"  {c['event_id']}: {c['staff_id']} / {c['channel_id']} collided with owner {c['owner_staff_id']} / "
+            f"{c['owner_channel_id']} on customer {c['customer_id']} ({where} protection; {c['effect']})",
+            markup=False,
+        )
+
+
 def print_report(report: IngestReport) -> None:
     line = f"accepted {report.accepted:,} · repeated {report.repeated:,} · rejected {len(report.rejected):,}"
     stdout.print(line)
@@ -72,9 +99,11 @@ def ingest(
     with opened_store(store) as ledger, event_progress("ingesting") as progress:
         task = progress.add_task("ingesting", total=None)
         report = ingest_files(ledger, files, atomic=atomic, fmt=fmt, progress=lambda n: progress.advance(task, n))
+        collisions = collisions_seen(ledger, report)
     if json:
-        emit_json(report_json(report))
+        emit_json(report_json(report, collisions))
     else:
         print_report(report)
+        print_collisions(collisions)
     if report.rejected:
         raise typer.Exit(1)

@@ -41,6 +41,7 @@ class IngestReport:
     rejected: list[Rejection] = field(default_factory=list)
     positions: tuple[int, int] | None = None  # first and last position written
     written: bool = True  # False when --atomic refused the whole input
+    accepted_leads: list[str] = field(default_factory=list)  # lead.captured ids: may be collisions
 
     def note_positions(self, positions: list[int]) -> None:
         if not positions:
@@ -190,6 +191,8 @@ class Ingest:
         for verdict, candidate, why in outcome:
             if verdict == "accepted":
                 self.report.accepted += 1
+                if candidate.event.type == "lead.captured":
+                    self.report.accepted_leads.append(candidate.event.event_id)
             elif verdict == "repeated":
                 self.report.repeated += 1
             elif verdict == "waiting":

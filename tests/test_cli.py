@@ -55,3 +55,17 @@ def test_refusals_are_one_line_without_a_traceback(args, message, tmp_path) -> N
     assert done.returncode == 1, err
     assert err.startswith(message), err
     assert "Traceback" not in err
+
+
+def test_ingest_tells_the_agent_about_the_collision_at_once(tmp_path, sqlite_store_url) -> None:
+    base = write(tmp_path, CLINIC + '{"event_id": "l1", "type": "lead.captured", "occurred_at": "2026-07-03T14:20:00+08:00", "person": {"phone": "18612345678"}, "via": "scan", "entry_point_id": "qr-ortho-a1"}')
+    assert run_cli(["init", "--store", sqlite_store_url]).returncode == 0
+    assert run_cli(["ingest", base, "--store", sqlite_store_url]).returncode == 0
+    late = write(tmp_path, '{"event_id": "l2", "type": "lead.captured", "occurred_at": "2026-08-03T14:20:00+08:00", "person": {"phone": "186 1234 5678"}, "via": "scan", "entry_point_id": "qr-gym-a2"}', name="late.jsonl")
+    done = run_cli(["ingest", late, "--store", sqlite_store_url])
+    text = done.stdout.decode()
+    assert done.returncode == 0
+    assert "collisions seen (撞单): 1" in text
+    assert "l2: a2 / gym collided with owner a1 / ortho" in text and "inside protection" in text
+    as_json = orjson.loads(run_cli(["ingest", late, "--store", sqlite_store_url, "--json"]).stdout)
+    assert as_json["collisions"] == []  # a repeated line is not a new collision
