@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -11,6 +12,7 @@ from rich.table import Table
 from cli.common import JsonOption, StoreOption, UnmaskedOption, emit_json, fail, opened_store, stdout
 from cli.store_cmds import describe
 from ledger.events import LeadCaptured, LedgerEvent
+from ledger.neighbourhood import neighbourhood
 from ledger.privacy import mask_key
 from projections.attribution import Collision, CustomerAttribution, Decision, Ownership, describe_lead
 from projections.customers import customer_events, find_possible_duplicates
@@ -21,9 +23,14 @@ app = typer.Typer()
 RefArgument = Annotated[str, typer.Argument(help="Phone, WeChat id, platform user (douyin:8842) or customer id (C-…).", show_default=False)]
 
 
-def load(store_url: str | None) -> Facts:
+def load(store_url: str | None, ref: str | None = None) -> Facts:
+    """The facts a command needs: the whole stream, or — for one customer — only the events of
+    that customer's neighbourhood (found through the store's index; the same answer, fast)."""
     with opened_store(store_url) as ledger:
-        loaded = facts(ledger.read())
+        if ref is None:
+            loaded = facts(ledger.read())
+        else:
+            loaded = replace(facts(neighbourhood(ledger, ref)), position=ledger.position())
     if not loaded.book.adoptions:
         fail("no rule set has been adopted in this store", hint="run: channel-ledger init")
     return loaded
@@ -119,7 +126,7 @@ def attribution_json(ca: CustomerAttribution, f: Facts, unmasked: bool) -> dict[
 @app.command()
 def attribution(ref: RefArgument, store: StoreOption = None, json: JsonOption = False, unmasked: UnmaskedOption = False) -> None:
     """Source, owner, protection end and collisions of one customer (SPEC §4)."""
-    f = load(store)
+    f = load(store, ref)
     ca = find_customer(f, ref)
     if json:
         emit_json(attribution_json(ca, f, unmasked))
@@ -178,7 +185,7 @@ def actors(event: LedgerEvent, f: Facts) -> str:
 @app.command()
 def trace(ref: RefArgument, store: StoreOption = None, json: JsonOption = False, unmasked: UnmaskedOption = False) -> None:
     """The evidence chain of one customer: every event in order, and each rule decision with its version."""
-    f = load(store)
+    f = load(store, ref)
     ca = find_customer(f, ref)
     mine = customer_events(f.events, f.identity, ca.customer_id)
     by_event: dict[str, list[Decision]] = {}

@@ -28,7 +28,7 @@ def event_progress(description: str, total: int | None = None) -> Progress:
     )
 
 
-def report_json(report: IngestReport, collisions: list[dict] | None = None) -> dict:
+def report_json(report: IngestReport, collisions: list[dict] | None = None, collisions_checked: bool = True) -> dict:
     return {
         "accepted": report.accepted,
         "repeated": report.repeated,
@@ -37,15 +37,23 @@ def report_json(report: IngestReport, collisions: list[dict] | None = None) -> d
             for r in report.rejected
         ],
         "collisions": collisions or [],
+        "collisions_checked": collisions_checked,
         "written": report.written,
         "positions": list(report.positions) if report.positions else None,
     }
 
 
-def collisions_seen(ledger, report: IngestReport) -> list[dict]:
-    """Collisions (撞单) caused by leads this ingest accepted: the agent who collided is told at once."""
+COLLISION_SCAN_LIMIT = 300_000
+
+
+def collisions_seen(ledger, report: IngestReport) -> list[dict] | None:
+    """Collisions (撞单) caused by leads this ingest accepted: the agent who collided is told at once.
+    None when the store is too large for the inline check (it folds the whole stream in memory;
+    above COLLISION_SCAN_LIMIT ingest stays bounded and `channel-ledger collisions` answers)."""
     if not report.accepted_leads or not report.written:
         return []
+    if ledger.position() > COLLISION_SCAN_LIMIT:
+        return None
     from cli.attribution_cmds import collision_json
     from projections.pipeline import facts
 
@@ -56,7 +64,10 @@ def collisions_seen(ledger, report: IngestReport) -> list[dict]:
     return [{"customer_id": cid, **collision_json(c)} for cid, c in f.attribution.collisions() if c.event_id in new]
 
 
-def print_collisions(collisions: list[dict]) -> None:
+def print_collisions(collisions: list[dict] | None, new_leads: int) -> None:
+    if collisions is None:
+        stdout.print(f"{new_leads:,} new leads: the store is too large for the inline collision check; run channel-ledger collisions")
+        return
     if not collisions:
         return
     stdout.print(f"collisions seen (撞单): {len(collisions)}")
@@ -101,9 +112,9 @@ def ingest(
         report = ingest_files(ledger, files, atomic=atomic, fmt=fmt, progress=lambda n: progress.advance(task, n))
         collisions = collisions_seen(ledger, report)
     if json:
-        emit_json(report_json(report, collisions))
+        emit_json(report_json(report, collisions, collisions is not None))
     else:
         print_report(report)
-        print_collisions(collisions)
+        print_collisions(collisions, len(report.accepted_leads))
     if report.rejected:
         raise typer.Exit(1)

@@ -12,7 +12,9 @@ before it is validated (`upcast`).
 
 from __future__ import annotations
 
+import re
 from datetime import date, datetime
+from functools import lru_cache
 from decimal import Decimal, InvalidOperation
 from typing import Annotated, Any, ClassVar, Literal, Union
 
@@ -88,6 +90,9 @@ class Frozen(BaseModel):
 # --- people ------------------------------------------------------------------------------
 
 
+_SEPARATORS = str.maketrans("", "", " -.()\u00a0\t")
+
+
 def normalise_phone(raw: str) -> tuple[str, bool]:
     """E.164 form of a phone and whether it is a valid number (SPEC §2).
 
@@ -97,6 +102,26 @@ def normalise_phone(raw: str) -> tuple[str, bool]:
     text = raw.strip()
     if not text or len(text) > 32:
         return text[:32], False
+    cleaned = text.translate(_SEPARATORS) or text
+    mainland = _MAINLAND_MOBILE.fullmatch(cleaned)
+    if mainland:
+        digits = mainland.group(1)
+        return ("+86" + digits, True) if _mainland_mobile_is_valid(digits) else (text, False)
+    return _normalise_cleaned(cleaned)
+
+
+_MAINLAND_MOBILE = re.compile(r"(?:\+86|0086|86)?(1\d{10})")
+
+
+@lru_cache(maxsize=1 << 17)
+def _mainland_mobile_is_valid(digits: str) -> bool:
+    """The common case, without phonenumbers' parser: validity of an 11-digit mainland mobile."""
+    return phonenumbers.is_valid_number(phonenumbers.PhoneNumber(country_code=86, national_number=int(digits)))
+
+
+@lru_cache(maxsize=1 << 17)
+def _normalise_cleaned(text: str) -> tuple[str, bool]:
+    """phonenumbers is exact but slow (~0.2 ms a call); a customer's phone recurs in many events."""
     try:
         number = phonenumbers.parse(text, "CN")
     except phonenumbers.NumberParseException:

@@ -203,3 +203,25 @@ def resolve_identities(events: Iterable[LedgerEvent]) -> Identity:
     for event in sorted(events, key=canonical_key):
         identity.observe(event)
     return identity
+
+
+def index_terms(event: LedgerEvent) -> tuple[str, ...]:
+    """What the store's secondary index files an event under, so that one customer's events can be
+    found without reading the stream: its identity keys (``k:``), the customer id it would create
+    (``c:``), the order, appointment or ticket it names (``o:``, ``a:``, ``t:``), and ``d:`` for
+    reference data and rule sets (read by every customer's fold)."""
+    terms: list[str] = []
+    people = [p for p in (getattr(event, "person", None), getattr(event, "survivor", None), getattr(event, "merged", None)) if p is not None]
+    for person in people:
+        terms.extend("k:" + key for key in person.identity_keys())
+    if people:
+        terms.append("c:" + customer_id_for(event.event_id))
+        if isinstance(event, CustomersMerged):
+            terms.append("c:" + customer_id_for(event.event_id + "#2"))
+    for field, prefix in (("order_id", "o:"), ("appointment_id", "a:"), ("ticket_id", "t:")):
+        value = getattr(event, field, None)
+        if value is not None:
+            terms.append(prefix + value)
+    if not people and not terms and event.type != "settlement.closed":
+        terms.append("d:")
+    return tuple(dict.fromkeys(terms))

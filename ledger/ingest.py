@@ -15,11 +15,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 from ledger.events import InvalidEvent, LedgerEvent, parse_event
 from ledger.recording import RecordState
 from ledger.sources import SourceLine, read_source
-from ledger.store import LedgerStore, WriteConflict, content_digest
+from ledger.store import LedgerStore, WriteConflict, wire_digest
 
 BATCH_EVENTS = 2000
 MAX_CONFLICT_RETRIES = 50
@@ -58,6 +59,12 @@ class Candidate:
     line: int
     event: LedgerEvent
     digest: str
+    wire: dict[str, Any]
+
+    @classmethod
+    def of(cls, file: str, line: int, event: LedgerEvent) -> Candidate:
+        wire = event.wire()
+        return cls(file, line, event, wire_digest(wire), wire)
 
 
 Progress = Callable[[int], None]
@@ -77,7 +84,7 @@ def parse_lines(lines: Iterable[SourceLine], report: IngestReport) -> Iterator[C
             for finding in invalid.findings:
                 report.rejected.append(Rejection(source.file, source.line, event_id, finding.field, finding.reason))
             continue
-        yield Candidate(source.file, source.line, event, content_digest(event))
+        yield Candidate.of(source.file, source.line, event)
 
 
 def load_record_state(store: LedgerStore, state: RecordState | None = None) -> RecordState:
@@ -179,7 +186,7 @@ class Ingest:
                 self.held_digests.update((c.event.event_id, c.digest) for c in accepted)
                 break
             try:
-                positions = self.store.append([c.event for c in accepted], head, [c.digest for c in accepted])
+                positions = self.store.append([c.event for c in accepted], head, [c.digest for c in accepted], [c.wire for c in accepted])
             except WriteConflict:
                 self.state.rollback()
                 continue
@@ -218,7 +225,7 @@ class Ingest:
                 self.report.accepted = 0
                 return
             try:
-                positions = self.store.append([c.event for c in fresh], head, [c.digest for c in fresh])
+                positions = self.store.append([c.event for c in fresh], head, [c.digest for c in fresh], [c.wire for c in fresh])
             except WriteConflict:
                 self.state.rollback()
                 continue
@@ -248,5 +255,5 @@ def ingest_files(
 def ingest_events(store: LedgerStore, events: Iterable[LedgerEvent], *, source: str = "<api>") -> IngestReport:
     """Ingest already-built events (the CLI's own writes: rule adoption, closing)."""
     run = Ingest(store)
-    run.feed(Candidate(source, n, e, content_digest(e)) for n, e in enumerate(events, start=1))
+    run.feed(Candidate.of(source, n, e) for n, e in enumerate(events, start=1))
     return run.finish()

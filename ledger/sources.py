@@ -72,7 +72,7 @@ def _read_jsonl(name: str, stream: IO[bytes]) -> Iterator[SourceLine]:
         except orjson.JSONDecodeError as error:
             yield SourceLine(name, number, error=f"not valid JSON: {str(error).split(':')[0]}")
             continue
-        if _depth(obj) > MAX_DEPTH:
+        if raw.count(b"{") + raw.count(b"[") > MAX_DEPTH and _depth(obj) > MAX_DEPTH:
             yield SourceLine(name, number, error=f"nested deeper than {MAX_DEPTH} levels")
             continue
         yield SourceLine(name, number, obj=obj)

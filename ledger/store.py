@@ -42,7 +42,8 @@ from eventsourcing.persistence import (
     StoredEvent,
 )
 
-from ledger.events import BY_TYPE, EVENT_CLASSES, LedgerEvent, upcast
+from ledger.events import EVENT_CLASSES, LedgerEvent, upcast
+from ledger.identity import index_terms
 
 DEFAULT_STORE = "sqlite:///channel-ledger.db"
 STORE_ENV = "CHANNEL_LEDGER_STORE"
@@ -74,7 +75,12 @@ def canonical_bytes(wire: dict[str, Any]) -> bytes:
 
 def content_digest(event: LedgerEvent) -> str:
     """SHA-256 of the event's canonical content: the idempotency comparison and the chain's input."""
-    return hashlib.sha256(canonical_bytes(event.wire())).hexdigest()
+    return wire_digest(event.wire())
+
+
+def wire_digest(wire: dict[str, Any]) -> str:
+    """`content_digest` of an event already in its wire form (``event.wire()``, with its type)."""
+    return hashlib.sha256(canonical_bytes(wire)).hexdigest()
 
 
 def chain_next(previous: str, digest: str) -> str:
@@ -91,6 +97,7 @@ class Entry:
     event: LedgerEvent
     digest: str
     chain: str
+    wire: dict[str, Any] | None = None  # event.wire(), when the caller has it already
 
 
 @dataclass(frozen=True)
@@ -128,7 +135,7 @@ class PydanticMapper(Mapper):
             topic = CHAIN_TOPIC
         else:
             event = domain_event.event
-            wire = event.wire()
+            wire = dict(domain_event.wire) if domain_event.wire is not None else event.wire()
             del wire["type"]
             state = {"v": type(event).class_version, "e": wire, "d": domain_event.digest, "c": domain_event.chain}
             topic = TOPIC_BY_TYPE[event.type]
@@ -299,9 +306,56 @@ class LedgerStore:
                 found[entry.event.event_id] = Recorded(position, entry.event, entry.digest, entry.chain)
         return found
 
+    def find(self, terms: Iterable[str]) -> set[int]:
+        """Positions the secondary index files under any of ``terms`` (see `index_terms`)."""
+        wanted = sorted(set(terms))
+        found: set[int] = set()
+        for i in range(0, len(wanted), CHUNK_EVENTS):
+            with _translated(self):
+                found.update(self.backend.positions(wanted[i : i + CHUNK_EVENTS]))
+        return found
+
+    def read_at(self, positions: Iterable[int]) -> list[Recorded]:
+        """The source events at these positions, in ledger order."""
+        wanted = sorted(set(positions))
+        out: list[Recorded] = []
+        for i in range(0, len(wanted), CHUNK_EVENTS):
+            with _translated(self):
+                rows = self.backend.rows_at(wanted[i : i + CHUNK_EVENTS])
+            for position, topic, state in rows:
+                if topic != CHAIN_TOPIC:
+                    entry = self.mapper.to_domain_event(StoredEvent("", 1, topic, state))
+                    out.append(Recorded(position, entry.event, entry.digest, entry.chain))
+        return sorted(out, key=lambda r: r.position)
+
+    def reindex(self) -> int:
+        """Rebuild the secondary index from the events alone; returns how many events it filed."""
+        with _translated(self):
+            self.backend.clear_index()
+        count = 0
+        batch: list[tuple[int, tuple[str, ...]]] = []
+        for recorded in self.read():
+            batch.append((recorded.position, index_terms(recorded.event)))
+            if len(batch) >= 5000:
+                with _translated(self):
+                    self.backend.add_index(batch)
+                count += len(batch)
+                batch = []
+        if batch:
+            with _translated(self):
+                self.backend.add_index(batch)
+            count += len(batch)
+        return count
+
     # writes ------------------------------------------------------------------------------
 
-    def append(self, events: Sequence[LedgerEvent], head: ChainHead, digests: Sequence[str] | None = None) -> list[int]:
+    def append(
+        self,
+        events: Sequence[LedgerEvent],
+        head: ChainHead,
+        digests: Sequence[str] | None = None,
+        wires: Sequence[dict[str, Any]] | None = None,
+    ) -> list[int]:
         """Record events after chain ``head``, in bounded chunks, all in one transaction.
 
         Raises `WriteConflict` when another writer moved the chain (or recorded one of the ids)
@@ -309,20 +363,23 @@ class LedgerStore:
         if not events:
             return []
         digests = list(digests) if digests is not None else [content_digest(e) for e in events]
+        wires = list(wires) if wires is not None else [None] * len(events)
         chunks: list[list[StoredEvent]] = []
         chain, version = head.hash, head.version
         for i in range(0, len(events), CHUNK_EVENTS):
             stored: list[StoredEvent] = []
-            for event, digest in zip(events[i : i + CHUNK_EVENTS], digests[i : i + CHUNK_EVENTS]):
+            window = slice(i, i + CHUNK_EVENTS)
+            for event, digest, wire in zip(events[window], digests[window], wires[window]):
                 chain = chain_next(chain, digest)
-                entry = Entry(EVENT_STREAM_PREFIX + event.event_id, 1, event, digest, chain)
+                entry = Entry(EVENT_STREAM_PREFIX + event.event_id, 1, event, digest, chain, wire)
                 stored.append(self.mapper.to_stored_event(entry))
             version += 1
             stored.append(self.mapper.to_stored_event(ChainLink(CHAIN_STREAM, version, chain, len(stored))))
             chunks.append(stored)
+        terms = [index_terms(e) for e in events]
         try:
             with _translated(self):
-                positions = self.backend.insert(chunks)
+                positions = self.backend.insert(chunks, terms)
         except IntegrityError:
             raise WriteConflict("another writer appended first") from None
         return [p for chunk_positions in positions for p in chunk_positions[:-1]]
@@ -367,10 +424,15 @@ def pg_connect_args(env: dict[str, str]) -> dict[str, Any]:
     }
 
 
+INDEX_TABLE = "channel_ledger_index"
+
+
 class _SqliteBackend:
     def __init__(self, recorder: Any):
         self.recorder = recorder
         self.table = recorder.events_table_name
+        with recorder.datastore.transaction(commit=True) as c:
+            c.execute(f"CREATE TABLE IF NOT EXISTS {INDEX_TABLE} (term TEXT NOT NULL, position INTEGER NOT NULL, PRIMARY KEY (term, position)) WITHOUT ROWID")
 
     def select_streams(self, originator_ids: list[str]) -> list[tuple[int, str, bytes]]:
         marks = ",".join("?" * len(originator_ids))
@@ -379,15 +441,42 @@ class _SqliteBackend:
             c.execute(sql, originator_ids)
             return [(r[0], r[1], r[2]) for r in c.fetchall()]
 
-    def insert(self, chunks: Iterable[list[StoredEvent]]) -> list[list[int]]:
+    def rows_at(self, positions: list[int]) -> list[tuple[int, str, bytes]]:
+        marks = ",".join("?" * len(positions))
+        with self.recorder.datastore.transaction(commit=False) as c:
+            c.execute(f"SELECT rowid, topic, state FROM {self.table} WHERE rowid IN ({marks})", positions)
+            return [(r[0], r[1], r[2]) for r in c.fetchall()]
+
+    def positions(self, terms: list[str]) -> list[int]:
+        marks = ",".join("?" * len(terms))
+        with self.recorder.datastore.transaction(commit=False) as c:
+            c.execute(f"SELECT position FROM {INDEX_TABLE} WHERE term IN ({marks})", terms)
+            return [r[0] for r in c.fetchall()]
+
+    def insert(self, chunks: Iterable[list[StoredEvent]], terms: list[tuple[str, ...]]) -> list[list[int]]:
         with self.recorder.datastore.transaction(commit=True) as c:
-            return [list(self.recorder._insert_events(c, chunk)) for chunk in chunks]
+            out = [list(self.recorder._insert_events(c, chunk)) for chunk in chunks]
+            positions = [p for chunk_positions in out for p in chunk_positions[:-1]]
+            c.executemany(f"INSERT INTO {INDEX_TABLE} VALUES (?, ?)", [(t, p) for p, ts in zip(positions, terms) for t in ts])
+            return out
+
+    def clear_index(self) -> None:
+        with self.recorder.datastore.transaction(commit=True) as c:
+            c.execute(f"DELETE FROM {INDEX_TABLE}")
+
+    def add_index(self, rows: list[tuple[int, tuple[str, ...]]]) -> None:
+        with self.recorder.datastore.transaction(commit=True) as c:
+            c.executemany(f"INSERT OR IGNORE INTO {INDEX_TABLE} VALUES (?, ?)", [(t, p) for p, ts in rows for t in ts])
 
 
 class _PostgresBackend:
     def __init__(self, recorder: Any):
         self.recorder = recorder
-        self.qualified = f'"{recorder.datastore.schema}"."{recorder.events_table_name}"'
+        schema = recorder.datastore.schema
+        self.qualified = f'"{schema}"."{recorder.events_table_name}"'
+        self.index = f'"{schema}".{INDEX_TABLE}'
+        with recorder.datastore.get_connection() as conn, conn.cursor() as curs:
+            curs.execute(f"CREATE TABLE IF NOT EXISTS {self.index} (term text NOT NULL, position bigint NOT NULL, PRIMARY KEY (term, position))")
 
     def select_streams(self, originator_ids: list[str]) -> list[tuple[int, str, bytes]]:
         sql = f"SELECT notification_id, topic, state FROM {self.qualified} WHERE originator_id = ANY(%s) AND originator_version = 1"
@@ -395,7 +484,18 @@ class _PostgresBackend:
             curs.execute(sql, (originator_ids,))
             return [(r["notification_id"], r["topic"], bytes(r["state"])) for r in curs.fetchall()]
 
-    def insert(self, chunks: Iterable[list[StoredEvent]]) -> list[list[int]]:
+    def rows_at(self, positions: list[int]) -> list[tuple[int, str, bytes]]:
+        sql = f"SELECT notification_id, topic, state FROM {self.qualified} WHERE notification_id = ANY(%s)"
+        with self.recorder.datastore.get_connection() as conn, conn.cursor() as curs:
+            curs.execute(sql, (positions,))
+            return [(r["notification_id"], r["topic"], bytes(r["state"])) for r in curs.fetchall()]
+
+    def positions(self, terms: list[str]) -> list[int]:
+        with self.recorder.datastore.get_connection() as conn, conn.cursor() as curs:
+            curs.execute(f"SELECT position FROM {self.index} WHERE term = ANY(%s)", (terms,))
+            return [r["position"] for r in curs.fetchall()]
+
+    def insert(self, chunks: Iterable[list[StoredEvent]], terms: list[tuple[str, ...]]) -> list[list[int]]:
         out: list[list[int]] = []
         with self.recorder.datastore.get_connection() as conn:
             with conn.transaction(), conn.cursor() as curs:
@@ -404,7 +504,27 @@ class _PostgresBackend:
                     # one bounded statement at a time and outside psycopg's pipeline mode.
                     self.recorder._insert_stored_events(curs, chunk)
                     out.append([row["notification_id"] for row in curs.fetchall()])
+                positions = [p for chunk_positions in out for p in chunk_positions[:-1]]
+                rows = [(t, p) for p, ts in zip(positions, terms) for t in ts]
+                for i in range(0, len(rows), 4 * CHUNK_EVENTS):
+                    part = rows[i : i + 4 * CHUNK_EVENTS]
+                    curs.execute(
+                        f"INSERT INTO {self.index} (term, position) SELECT * FROM unnest(%s::text[], %s::bigint[])",
+                        ([t for t, _ in part], [p for _, p in part]),
+                    )
         return out
+
+    def clear_index(self) -> None:
+        with self.recorder.datastore.get_connection() as conn, conn.cursor() as curs:
+            curs.execute(f"DELETE FROM {self.index}")
+
+    def add_index(self, rows: list[tuple[int, tuple[str, ...]]]) -> None:
+        pairs = [(t, p) for p, ts in rows for t in ts]
+        with self.recorder.datastore.get_connection() as conn, conn.cursor() as curs:
+            curs.execute(
+                f"INSERT INTO {self.index} (term, position) SELECT * FROM unnest(%s::text[], %s::bigint[]) ON CONFLICT DO NOTHING",
+                ([t for t, _ in pairs], [p for _, p in pairs]),
+            )
 
 
 def reset_store(url: str) -> None:

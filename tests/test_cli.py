@@ -11,12 +11,15 @@ from tests.scenario import CLINIC, write
 
 
 def all_commands():
-    yield from app.registered_commands
+    for c in app.registered_commands:
+        yield c.name or c.callback.__name__
     for group in app.registered_groups:
-        yield from group.typer_instance.registered_commands
+        prefix = group.name or group.typer_instance.info.name
+        for c in group.typer_instance.registered_commands:
+            yield f"{prefix} {c.name or c.callback.__name__}"
 
 
-@pytest.mark.parametrize("command", [c.name or c.callback.__name__ for c in all_commands()])
+@pytest.mark.parametrize("command", list(all_commands()))
 def test_every_command_has_help_text(command: str) -> None:
     done = run_cli([*command.split(), "--help"])
     assert done.returncode == 0
