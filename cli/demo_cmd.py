@@ -26,7 +26,7 @@ app = typer.Typer()
 @app.command()
 def demo(
     seed: Annotated[int, typer.Option(help="Random seed: the same seed builds the same group.")] = 7,
-    customers: Annotated[int, typer.Option(help="How many customers (about 20 events each).")] = 600,
+    customers: Annotated[int, typer.Option(help="How many customers (about 12 events each: 83,000 make ~1,000,000 events).")] = 600,
     months: Annotated[int, typer.Option(help="How many months of journeys.")] = 3,
     start: Annotated[str, typer.Option(help="First day of the demo period (YYYY-MM-DD).")] = "2026-09-01",
     out: Annotated[Path | None, typer.Option("--out", help="Write the events as JSON Lines instead of ingesting.")] = None,
