@@ -26,6 +26,7 @@ from pydantic import (
     ConfigDict,
     Field,
     PlainSerializer,
+    PrivateAttr,
     ValidationError,
     field_validator,
     model_validator,
@@ -148,15 +149,18 @@ class Person(Frozen):
             return normalise_phone(value)[0]
         return value
 
+    _phone_valid: bool = PrivateAttr(default=False)
+
     @model_validator(mode="after")
     def _has_a_key(self) -> Person:
         if not (self.phone or self.wechat_id or self.platform_user):
             raise ValueError("person needs at least one of phone, wechat_id, platform_user")
+        self._phone_valid = bool(self.phone) and self.phone.startswith("+") and normalise_phone(self.phone)[1]
         return self
 
     @property
     def phone_is_valid(self) -> bool:
-        return bool(self.phone) and self.phone.startswith("+") and normalise_phone(self.phone)[1]
+        return self._phone_valid
 
     def identity_keys(self) -> tuple[str, ...]:
         """The keys that identify this person, in a fixed order (phone, wechat, platform).

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from ledger.events import (
+    EVENT_CLASSES,
     AssessmentAttended,
     AssessmentBooked,
     AssessmentCancelled,
@@ -210,18 +211,28 @@ def index_terms(event: LedgerEvent) -> tuple[str, ...]:
     found without reading the stream: its identity keys (``k:``), the customer id it would create
     (``c:``), the order, appointment or ticket it names (``o:``, ``a:``, ``t:``), and ``d:`` for
     reference data and rule sets (read by every customer's fold)."""
+    people_fields, reference_fields = _INDEXED_FIELDS[type(event)]
     terms: list[str] = []
-    people = [p for p in (getattr(event, "person", None), getattr(event, "survivor", None), getattr(event, "merged", None)) if p is not None]
-    for person in people:
-        terms.extend("k:" + key for key in person.identity_keys())
-    if people:
+    for name in people_fields:
+        terms.extend("k:" + key for key in getattr(event, name).identity_keys())
+    if people_fields:
         terms.append("c:" + customer_id_for(event.event_id))
         if isinstance(event, CustomersMerged):
             terms.append("c:" + customer_id_for(event.event_id + "#2"))
-    for field, prefix in (("order_id", "o:"), ("appointment_id", "a:"), ("ticket_id", "t:")):
-        value = getattr(event, field, None)
+    for name, prefix in reference_fields:
+        value = getattr(event, name)
         if value is not None:
             terms.append(prefix + value)
-    if not people and not terms and event.type != "settlement.closed":
+    if not people_fields and not reference_fields and event.type != "settlement.closed":
         terms.append("d:")
     return tuple(dict.fromkeys(terms))
+
+
+def _indexed_fields(cls: type[LedgerEvent]) -> tuple[tuple[str, ...], tuple[tuple[str, str], ...]]:
+    fields = cls.model_fields
+    people = tuple(name for name in ("person", "survivor", "merged") if name in fields)
+    references = tuple((name, prefix) for name, prefix in (("order_id", "o:"), ("appointment_id", "a:"), ("ticket_id", "t:")) if name in fields)
+    return people, references
+
+
+_INDEXED_FIELDS = {cls: _indexed_fields(cls) for cls in EVENT_CLASSES}

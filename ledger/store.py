@@ -455,6 +455,7 @@ class _SqliteBackend:
 
     def insert(self, chunks: Iterable[list[StoredEvent]], terms: list[tuple[str, ...]]) -> list[list[int]]:
         with self.recorder.datastore.transaction(commit=True) as c:
+            c.execute("PRAGMA cache_size = -65536")  # 64 MiB: the index B-tree outgrows the 2 MiB default
             out = [list(self.recorder._insert_events(c, chunk)) for chunk in chunks]
             positions = [p for chunk_positions in out for p in chunk_positions[:-1]]
             c.executemany(f"INSERT INTO {INDEX_TABLE} VALUES (?, ?)", [(t, p) for p, ts in zip(positions, terms) for t in ts])
