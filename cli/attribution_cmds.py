@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -27,10 +26,11 @@ def load(store_url: str | None, ref: str | None = None) -> Facts:
     """The facts a command needs: the whole stream, or — for one customer — only the events of
     that customer's neighbourhood (found through the store's index; the same answer, fast)."""
     with opened_store(store_url) as ledger:
+        position = ledger.position()
         if ref is None:
-            loaded = facts(ledger.read())
+            loaded = facts(ledger.read(upto=position), position)
         else:
-            loaded = replace(facts(neighbourhood(ledger, ref)), position=ledger.position())
+            loaded = facts((r for r in neighbourhood(ledger, ref) if r.position <= position), position)
     if not loaded.book.adoptions:
         fail("no rule set has been adopted in this store", hint="run: channel-ledger init")
     return loaded

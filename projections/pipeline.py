@@ -50,14 +50,16 @@ class Facts:
         return self.book.versions
 
 
-def facts(recorded: Iterable[Recorded]) -> Facts:
-    position = 0
+def facts(recorded: Iterable[Recorded], position: int | None = None) -> Facts:
+    """Facts from what the store yields. ``position``: the ledger position the read was bounded by
+    (``store.read(upto=position)``); by default the highest position among the events."""
+    highest = 0
     events: list[LedgerEvent] = []
     for r in recorded:
-        position = max(position, r.position)
+        highest = max(highest, r.position)
         events.append(r.event)
     events.sort(key=canonical_key)
-    return Facts(position, tuple(events))
+    return Facts(highest if position is None else position, tuple(events))
 
 
 def facts_of(events: Iterable[LedgerEvent], position: int = 0) -> Facts:
