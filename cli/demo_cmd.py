@@ -17,7 +17,11 @@ from cli.store_cmds import initialise
 from ledger.ingest import Ingest, parse_lines
 from ledger.sources import SourceLine
 from ledger.store import reset_store, store_url_from
+from cli.ops_cmds import render_ledgers_by_kind, render_liability_summary
+from projections.ledgers import ledgers
+from projections.liability import liability
 from projections.overview import Overview, overview
+from projections.pipeline import facts
 from policies import default_rules
 
 app = typer.Typer()
@@ -66,15 +70,33 @@ def demo(
             lines = (SourceLine("demo", n, obj=obj) for n, obj in enumerate(generator.generate(**options), start=1))
             run.feed(parse_lines(lines, run.report))
             report = run.finish()
-        rules = default_rules()
-        summary = overview((r.event for r in ledger.read()), rules.month_of)
+        position = ledger.position()
+        f = facts(ledger.read(upto=position), position)
         where = ledger.location.display
+    rules = default_rules()
+    summary = overview(f.events, rules.month_of)
+    month = summary.order_amount_by_month[-1][0] if summary.order_amount_by_month else rules.month_of(f.events[-1].occurred_at)
+    as_of = date.fromisoformat(summary.last_day) if summary.last_day else first_day
+    three_ledgers = ledgers(f.events, month, book=f.book, attr=f.attribution)
+    owed = liability(f.events, as_of, book=f.book)
     if json:
-        emit_json({"store": where, "ingest": report_json(report), "overview": summary.as_json()})
+        emit_json(
+            {
+                "store": where,
+                "ingest": report_json(report),
+                "overview": summary.as_json(),
+                "ledgers": three_ledgers.as_json(),
+                "liability": owed.as_json(),
+            }
+        )
         return
     stdout.rule(f"channel-ledger demo · seed {seed} · {customers:,} customers · {where}")
     print_report(report)
     render_overview(summary)
+    stdout.rule(f"the three ledgers · {month}")
+    render_ledgers_by_kind(three_ledgers)
+    stdout.rule(f"fulfillment liability · as of {as_of}")
+    render_liability_summary(owed)
     stdout.print(
         f"\nExplore: channel-ledger events --store {where} --type order.paid --limit 10"
     )

@@ -327,7 +327,7 @@ BEHAVIOURS: dict[str, ChannelBehaviour] = {
         dropout_per_session=0.06, repurchase_rate=0.15, collision_rate=0.06,
     ),
 }
-CLINICIAN_HOURS = (40, 40, 40, 32, 24)  # weekly hours: mostly full-time, some part-time
+CLINICIAN_HOURS = (20, 20, 20, 16, 12)  # bookable treatment hours a week (not working hours): most full-time, some part-time
 WALK_IN_SHARE = 0.08  # of customers arriving in opening hours (≈7 % of all): no lead at all (自然到店)
 LEAD_KINDS = Weighted(*((kind, b.share) for kind, b in BEHAVIOURS.items()))
 
