@@ -18,6 +18,7 @@ from ledger.ingest import Ingest, parse_lines
 from ledger.sources import SourceLine
 from ledger.store import reset_store, store_url_from
 from cli.ops_cmds import render_ledgers_by_kind, render_liability_summary
+from cli.settle_cmds import render_statement_summary, statement_json, statement_summary
 from projections.ledgers import ledgers
 from projections.liability import liability
 from projections.overview import Overview, overview
@@ -79,12 +80,14 @@ def demo(
     as_of = date.fromisoformat(summary.last_day) if summary.last_day else first_day
     three_ledgers = ledgers(f.events, month, book=f.book, attr=f.attribution)
     owed = liability(f.events, as_of, book=f.book)
+    statement = statement_summary(url)
     if json:
         emit_json(
             {
                 "store": where,
                 "ingest": report_json(report),
                 "overview": summary.as_json(),
+                "statement": statement_json(*statement) if statement else None,
                 "ledgers": three_ledgers.as_json(),
                 "liability": owed.as_json(),
             }
@@ -93,12 +96,16 @@ def demo(
     stdout.rule(f"channel-ledger demo · seed {seed} · {customers:,} customers · {where}")
     print_report(report)
     render_overview(summary)
+    if statement:
+        stdout.rule(f"commissions · {statement[0].month}")
+        render_statement_summary(*statement)
     stdout.rule(f"the three ledgers · {month}")
     render_ledgers_by_kind(three_ledgers)
     stdout.rule(f"fulfillment liability · as of {as_of}")
     render_liability_summary(owed)
     stdout.print(
-        f"\nExplore: channel-ledger events --store {where} --type order.paid --limit 10"
+        f"\nExplore ({where}): channel-ledger settle --month {month} --lines · ledgers --month {month} · "
+        f"liability --as-of {as_of} · due --at {as_of} · collisions --month {month} · trace <phone or customer id>"
     )
 
 
