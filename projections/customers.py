@@ -7,11 +7,14 @@ and similar names (`ledger.names`). Names are never an identity key on their own
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
 
 from ledger.events import AssessmentBooked, LeadCaptured, LedgerEvent, OrderPaid, Person
 from ledger.identity import CustomerId, Identity, canonical_key
-from ledger.names import PersonCard, PossibleDuplicate, possible_duplicates
 from projections.directory import Directory
+
+if TYPE_CHECKING:
+    from ledger.names import PersonCard, PossibleDuplicate
 
 
 def _stores_of(event: LedgerEvent, directory: Directory) -> tuple[str, ...]:
@@ -28,6 +31,8 @@ def _stores_of(event: LedgerEvent, directory: Directory) -> tuple[str, ...]:
 
 def person_cards(events: Iterable[LedgerEvent], identity: Identity, directory: Directory) -> list[PersonCard]:
     """What the duplicate matcher needs about each customer: stores, names, last four digits."""
+    from ledger.names import PersonCard  # pypinyin's dictionaries load in ~0.2 s: only when asked
+
     stores: dict[CustomerId, set[str]] = {}
     names: dict[CustomerId, set[str]] = {}
     last4: dict[CustomerId, set[str]] = {}
@@ -50,6 +55,8 @@ def person_cards(events: Iterable[LedgerEvent], identity: Identity, directory: D
 
 
 def find_possible_duplicates(events: Sequence[LedgerEvent], identity: Identity, directory: Directory) -> list[PossibleDuplicate]:
+    from ledger.names import possible_duplicates
+
     return possible_duplicates(person_cards(events, identity, directory))
 
 
