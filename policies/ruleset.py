@@ -803,6 +803,14 @@ class RuleBook:
         on = earliest.local_date(moment) if earliest else moment.date()
         raise NoRulesInForce(on, earliest.effective_from if earliest else None)
 
+    @property
+    def earliest(self) -> RuleSet:
+        """The rule set that takes effect first (facts older than every rule set are read under
+        it where a projection must still answer, e.g. attribution); ``NoRulesInForce`` if none."""
+        if not self._by_date:
+            raise NoRulesInForce(date.min, None)
+        return self._by_date[0].rules
+
     def get(self, version: str) -> RuleSet:
         """The adopted rule set named ``version``; ``UnknownRuleVersion`` if there is none."""
         try:

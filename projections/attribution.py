@@ -167,9 +167,7 @@ def rules_at(book: RuleBook, moment: datetime) -> RuleSet:
     try:
         return book.in_force_at(moment)
     except NoRulesInForce:
-        if not book.adoptions:
-            raise
-        return min(book.adoptions, key=lambda a: (a.rules.effective_from, a.position)).rules
+        return book.earliest
 
 
 def describe_lead(event: LeadCaptured, directory: Directory) -> Lead:

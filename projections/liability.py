@@ -60,9 +60,7 @@ def rules_on(book: RuleBook, day: date) -> RuleSet:
     try:
         return book.in_force(day)
     except NoRulesInForce:
-        if not book.adoptions:
-            raise
-        return min(book.adoptions, key=lambda a: (a.rules.effective_from, a.position)).rules
+        return book.earliest
 
 
 def day_start(day: date, rules: RuleSet) -> datetime:
