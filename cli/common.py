@@ -15,7 +15,7 @@ from rich.console import Console
 from ledger.store import STORE_ENV, LedgerStore, StoreError, store_url_from
 
 stdout = Console(highlight=False, soft_wrap=True)
-stderr = Console(stderr=True, highlight=False)
+stderr = Console(stderr=True, highlight=False, soft_wrap=True)
 
 StoreOption = Annotated[
     str | None,

@@ -241,15 +241,19 @@ class LedgerStore:
         env = dict(self.location.env)
         try:
             if self.location.kind == "postgresql":
-                _ensure_pg_schema(env)
-            self.app = LedgerApplication(env=env)
+                with _pg_prepared(env, self.location.display):  # tables created once, one process at a time
+                    self.app = LedgerApplication(env=env)
+                    self.recorder: Any = self.app.recorder
+                    self.backend: Any = _PostgresBackend(self.recorder)
+            else:
+                self.app = LedgerApplication(env=env)
+                self.recorder = self.app.recorder
+                self.backend = _SqliteBackend(self.recorder)
         except PersistenceError as error:
             raise StoreError(f"cannot open store {self.location.display}: {_one_line(error)}") from None
         except OSError as error:
             raise StoreError(f"cannot open store {self.location.display}: {_one_line(error)}") from None
-        self.recorder: Any = self.app.recorder
         self.mapper: PydanticMapper = self.app.mapper  # type: ignore[assignment]
-        self.backend = _SqliteBackend(self.recorder) if self.location.kind == "sqlite" else _PostgresBackend(self.recorder)
 
     def close(self) -> None:
         self.app.close()
@@ -400,17 +404,36 @@ def _translated(store: LedgerStore) -> Iterator[None]:
         raise StoreError(f"store {store.location.display}: {_one_line(error)}") from None
 
 
-def _ensure_pg_schema(env: dict[str, str]) -> None:
-    schema = env.get("POSTGRES_SCHEMA")
-    if not schema:
-        return
+@contextmanager
+def _pg_prepared(env: dict[str, str], display: str) -> Iterator[None]:
+    """Reach the server before the application does, and make opening safe between processes.
+
+    * A direct connection first: a refused login, an unknown role or database, an unreachable
+      host is reported at once and by name (the pool would only say, after its timeout, that it
+      couldn't get a connection).
+    * The library's DDL (CREATE TABLE/INDEX IF NOT EXISTS, CREATE OR REPLACE FUNCTION) takes a
+      SHARE lock on the table without a lock timeout, and concurrent runs of it fail with "tuple
+      concurrently updated". So it runs only when the table is missing, and every opening runs
+      under an advisory lock held on this connection (released when it closes)."""
     import psycopg
 
+    schema = env.get("POSTGRES_SCHEMA") or "public"
     try:
-        with psycopg.connect(**pg_connect_args(env), autocommit=True) as conn:
-            conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
+        conn = psycopg.connect(**pg_connect_args(env), autocommit=True)
     except psycopg.Error as error:
-        raise StoreError(f"cannot reach PostgreSQL: {_one_line(error)}") from None
+        raise StoreError(f"cannot open store {display}: {_one_line(error)}") from None
+    try:
+        with conn:
+            conn.execute(f"SET lock_timeout = '{int(env.get('POSTGRES_LOCK_TIMEOUT') or 30)}s'")
+            conn.execute("SELECT pg_advisory_lock(hashtext(%s))", (f"channel-ledger:{schema}",))
+            if env.get("POSTGRES_SCHEMA"):
+                conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
+            table = f"{LedgerApplication.name.lower()}_events"  # the library's name for it
+            if conn.execute("SELECT to_regclass(%s)", (f'"{schema}"."{table}"',)).fetchone()[0] is not None:
+                env["CREATE_TABLE"] = "n"
+            yield
+    except psycopg.Error as error:
+        raise StoreError(f"cannot open store {display}: {_one_line(error)}") from None
 
 
 def pg_connect_args(env: dict[str, str]) -> dict[str, Any]:

@@ -54,6 +54,7 @@ from ledger.store import (
     canonical_bytes,
     chain_next,
     pg_connect_args,
+    wire_digest,
 )
 
 PAGE_ROWS = 20_000
@@ -111,9 +112,10 @@ class VerifyReport:
 def digest_of_stored(event_type: str, body: dict[str, Any]) -> str:
     """The content digest of a stored event body (the state's ``e``, which lacks ``type``).
 
-    Equal to `ledger.store.content_digest` of the event it was made from: the canonical JSON
-    (`ledger.store.canonical_bytes`: sorted keys, UTF-8, no spaces) of the interchange object."""
-    return hashlib.sha256(canonical_bytes({**body, "type": event_type})).hexdigest()
+    Equal to `ledger.store.content_digest` of the event it was made from: `wire_digest` of the
+    interchange object, i.e. sha256 of its canonical JSON (`canonical_bytes`: sorted keys, UTF-8,
+    no spaces). The hot loops below inline the same two calls."""
+    return wire_digest({**body, "type": event_type})
 
 
 # --- reading the rows -----------------------------------------------------------------------
