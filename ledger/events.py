@@ -20,6 +20,7 @@ from typing import Annotated, Any, ClassVar, Literal, Union
 
 import phonenumbers
 from pydantic import (
+    AfterValidator,
     AwareDatetime,
     BaseModel,
     BeforeValidator,
@@ -37,25 +38,32 @@ from pydantic import (
 TWO_PLACES = Decimal("0.01")
 
 
+# What a source may write for money: ASCII digits (Decimal alone also reads "1_000" and "１００").
+_DECIMAL_TEXT = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?", re.ASCII)
+
+
 def _to_money(value: Any) -> Decimal:
     """CNY amount: a decimal string or a number, never negative, at most two decimals."""
     if isinstance(value, bool) or value is None:
         raise ValueError("money must be a decimal string or number")
     if isinstance(value, float):
         value = repr(value)
+    text = str(value).strip()
     try:
-        amount = Decimal(str(value).strip())
+        amount = Decimal(text)
     except (InvalidOperation, ValueError):
         raise ValueError(f"not a decimal amount: {str(value)[:40]!r}") from None
     if not amount.is_finite():
         raise ValueError("money must be a finite amount")
+    if not _DECIMAL_TEXT.fullmatch(text):
+        raise ValueError(f"not a decimal amount: {str(value)[:40]!r}")
     if amount < 0:
         raise ValueError("negative money is rejected")
     if amount.as_tuple().exponent < -2:  # type: ignore[operator]
         raise ValueError("money has more than 2 decimal places")
     if amount > Decimal("1000000000"):
         raise ValueError("money above 1,000,000,000 CNY is not a plausible amount")
-    return amount.quantize(TWO_PLACES)
+    return amount.copy_abs().quantize(TWO_PLACES)  # copy_abs: "-0" is 0.00, never "-0.00"
 
 
 Money = Annotated[
@@ -63,8 +71,33 @@ Money = Annotated[
     BeforeValidator(_to_money),
     PlainSerializer(lambda d: f"{d:.2f}", return_type=str, when_used="json"),
 ]
-Id = Annotated[str, Field(min_length=1, max_length=128)]
+# No control characters in ids and identity keys: PostgreSQL's text columns (the identity
+# index) cannot hold NUL, and an id is never meant to hold a newline or a tab.
+NO_CONTROLS = r"^[^\x00-\x1f\x7f]*$"
+Id = Annotated[str, Field(min_length=1, max_length=128, pattern=NO_CONTROLS)]
 Text = Annotated[str, Field(max_length=2000)]
+
+
+def _not_a_number(value: Any) -> Any:
+    """A time is ISO 8601 text (or a datetime from Python): pydantic would read a bare number as
+    Unix time, which has no offset written (SPEC §2)."""
+    if isinstance(value, (int, float, Decimal)) or (isinstance(value, str) and _NUMBER_TEXT.fullmatch(value.strip())):
+        raise ValueError("must be an ISO 8601 date-time with offset, e.g. 2026-07-01T09:00:00+08:00")
+    return value
+
+
+def _plausible_year(moment: Any) -> Any:
+    """Years 1900–2999 only: projections add up to 100 years to a time or a day and convert it
+    between zones, which must stay inside what ``datetime`` holds (a year-9999 lead broke every
+    read; a year-9999 ``valid_until`` broke ``due``)."""
+    if not 1900 <= moment.year <= 2999:
+        raise ValueError(f"year {moment.year} is outside 1900–2999")
+    return moment
+
+
+_NUMBER_TEXT = re.compile(r"[+-]?\d+(?:\.\d*)?", re.ASCII)
+Moment = Annotated[AwareDatetime, BeforeValidator(_not_a_number), AfterValidator(_plausible_year)]
+Day = Annotated[date, AfterValidator(_plausible_year)]
 Hours = Annotated[Decimal, Field(ge=0, le=168), PlainSerializer(str, return_type=str, when_used="json")]
 
 ChannelKind = Literal["medical_trust", "sports_scene", "online_platform"]
@@ -102,7 +135,7 @@ def normalise_phone(raw: str) -> tuple[str, bool]:
     reported invalid: the lead it came with is recorded but never attributed (§4)."""
     text = raw.strip()
     if not text or len(text) > 32:
-        return text[:32], False
+        return text, False  # kept whole: `Person.phone` rejects it rather than keying a truncation
     cleaned = text.translate(_SEPARATORS) or text
     mainland = _MAINLAND_MOBILE.fullmatch(cleaned)
     if mainland:
@@ -135,9 +168,9 @@ def _normalise_cleaned(text: str) -> tuple[str, bool]:
 class Person(Frozen):
     """Who an event is about: at least one identity key (§3). Names are never a key."""
 
-    phone: str | None = Field(default=None, max_length=32)
-    wechat_id: str | None = Field(default=None, min_length=1, max_length=64)
-    platform_user: str | None = Field(default=None, pattern=r"^[a-z][a-z0-9_]{1,31}:[^\s:]{1,64}$")
+    phone: str | None = Field(default=None, max_length=32, pattern=NO_CONTROLS)
+    wechat_id: str | None = Field(default=None, min_length=1, max_length=64, pattern=NO_CONTROLS)
+    platform_user: str | None = Field(default=None, pattern=r"^[a-z][a-z0-9_]{1,31}:[^\s:\x00-\x1f\x7f]{1,64}$")
     name: str | None = Field(default=None, max_length=64)
 
     @field_validator("phone", mode="before")
@@ -187,7 +220,7 @@ class LedgerEvent(Frozen):
     class_version: ClassVar[int] = 1
 
     event_id: Id
-    occurred_at: AwareDatetime
+    occurred_at: Moment
 
     @field_validator("event_id")
     @classmethod
@@ -315,7 +348,7 @@ class LeadTriaged(LedgerEvent):
     @classmethod
     def _closed_vocabulary(cls, value: Any) -> Any:
         if isinstance(value, dict):
-            unknown = sorted(str(k) for k in value if k not in ALLOWED_TAGS)
+            unknown = sorted(_echo(str(k)) for k in value if k not in ALLOWED_TAGS)
             if unknown:
                 raise ValueError(
                     f"unknown tag {', '.join(unknown)}; allowed tags: {', '.join(ALLOWED_TAGS)}"
@@ -336,7 +369,7 @@ class AssessmentBooked(LedgerEvent):
     person: Person
     store_id: Id
     clinician_id: Id
-    slot_start: AwareDatetime
+    slot_start: Moment
     slot_minutes: int = Field(gt=0, le=24 * 60)
 
 
@@ -384,7 +417,7 @@ class OrderPaid(LedgerEvent):
     closed_by: Id
     paid_via: Literal["store", "mini_program", "douyin", "meituan", "dianping"]
     items: tuple[OrderItem, ...] = Field(min_length=1, max_length=100)
-    valid_until: date | None = None
+    valid_until: Day | None = None
 
     @field_validator("items")
     @classmethod
@@ -519,6 +552,12 @@ SOURCE_TYPES: tuple[str, ...] = tuple(t for t in EVENT_TYPES if t != "settlement
 AnyEvent = Union[tuple(EVENT_CLASSES)]  # type: ignore[valid-type]
 
 
+def _echo(text: str, limit: int = 40) -> str:
+    """Input echoed in a finding, made safe for a terminal: as written when printable and short,
+    else quoted with escapes (an escape sequence in a key must not reach the screen raw)."""
+    return text if text.isprintable() and len(text) <= limit else repr(text[:limit])
+
+
 class Finding(Frozen):
     """Why one input was not accepted: the field (dotted path) and the reason."""
 
@@ -541,10 +580,12 @@ def _findings(error: ValidationError) -> list[Finding]:
         loc = err["loc"]
         if err["type"] == "too_short" and any(e["loc"][: len(loc)] == loc and e["loc"] != loc for e in errors):
             continue  # a list left short only because its items failed: the items say why
-        field = ".".join(str(p) for p in loc) or "(event)"
+        field = ".".join(_echo(str(p)) for p in loc) or "(event)"
         reason = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             reason = "unknown field"
+        elif err["type"] == "string_pattern_mismatch" and (err.get("ctx") or {}).get("pattern") == NO_CONTROLS:
+            reason = "control characters (NUL, newline, tab…) are not allowed"
         elif err["type"] == "timezone_aware":
             reason = "a time without an offset is rejected (add e.g. +08:00)"
         found.append(Finding(field=field, reason=reason))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import codecs
 import csv
 import io
+import re
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,6 +22,12 @@ import orjson
 MAX_LINE_BYTES = 1_000_000
 MAX_DEPTH = 32
 STRUCTURED_COLUMNS = ("items", "rules", "tags", "intake", "person", "survivor", "merged")
+_NOT_UTF8 = re.compile("[\udc80-\udcff]")  # what surrogateescape makes of a byte that is not UTF-8
+
+
+# The content is guessed only when the name does not say (stdin, other suffixes): a JSON Lines
+# file whose first line is broken must not be read as CSV.
+_FORMAT_BY_SUFFIX = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl"}
 
 
 @dataclass(frozen=True)
@@ -39,7 +46,7 @@ def read_source(path: str, fmt: str | None = None) -> Iterator[SourceLine]:
         yield from _read_stream(name, stream, fmt)
         return
     with open(path, "rb") as stream:
-        yield from _read_stream(name, stream, fmt or ("csv" if Path(path).suffix.lower() == ".csv" else None))
+        yield from _read_stream(name, stream, fmt or _FORMAT_BY_SUFFIX.get(Path(path).suffix.lower()))
 
 
 def _read_stream(name: str, stream: IO[bytes], fmt: str | None) -> Iterator[SourceLine]:
@@ -105,31 +112,43 @@ class _LineCounter:
 
 
 def _read_csv(name: str, stream: IO[bytes]) -> Iterator[SourceLine]:
-    text = io.TextIOWrapper(stream, encoding="utf-8-sig", errors="strict", newline="")
+    # Bytes that are not UTF-8 decode to lone surrogates (surrogateescape), so that only the
+    # record holding them is rejected: a strict decoder fails a whole 8 KiB chunk at once.
+    text = io.TextIOWrapper(stream, encoding="utf-8-sig", errors="surrogateescape", newline="")
     counter = _LineCounter(text)
     csv.field_size_limit(MAX_LINE_BYTES)
-    reader = csv.reader(counter)
+    # strict: a quote left open to the end of the file, or text after a closing quote, is an
+    # error; without it the rest of the file silently became one cell of the record.
+    reader = csv.reader(counter, strict=True)
     try:
         header = next(reader)
     except StopIteration:
         return
-    except UnicodeDecodeError:
+    except csv.Error as error:
+        yield SourceLine(name, 1, error=f"header is not valid CSV: {error}")
+        return
+    if any(_NOT_UTF8.search(h) for h in header):
         yield SourceLine(name, 1, error="header is not UTF-8")
         return
     header = [h.strip() for h in header]
+    named = [h for h in header if h]
+    if len(set(named)) != len(named):
+        twice = sorted({h for h in named if named.count(h) > 1})
+        yield SourceLine(name, 1, error=f"header names a column twice: {', '.join(map(repr, twice))}")
+        return
     while True:
         start = counter.lines + 1
         try:
             row = next(reader)
         except StopIteration:
             return
-        except UnicodeDecodeError:
-            yield SourceLine(name, start, error="not UTF-8; the rest of the file cannot be read")
-            return
         except csv.Error as error:
             yield SourceLine(name, start, error=f"not valid CSV: {error}")
             continue
         if not any(cell.strip() for cell in row):
+            continue
+        if any(_NOT_UTF8.search(cell) for cell in row):
+            yield SourceLine(name, start, error="not UTF-8")
             continue
         if len(row) > len(header):
             yield SourceLine(name, start, error=f"{len(row)} cells but {len(header)} columns in the header")
@@ -149,7 +168,10 @@ def unflatten(flat: dict[str, str]) -> dict[str, Any]:
         if value is None or value == "" or not key:
             continue
         parts = key.split(".")
+        conflict = ValueError(f"column {key!r} conflicts with another column for the same field")
         if len(parts) == 1 and parts[0] in STRUCTURED_COLUMNS and value.lstrip()[:1] in ("[", "{"):
+            if key in out:
+                raise conflict
             try:
                 out[key] = orjson.loads(value)
             except orjson.JSONDecodeError:
@@ -158,22 +180,29 @@ def unflatten(flat: dict[str, str]) -> dict[str, Any]:
         node: Any = out
         for depth, part in enumerate(parts):
             last = depth == len(parts) - 1
-            nxt: Any = value if last else ({} if not parts[depth + 1].isdigit() else [])
+            nxt: Any = value if last else ({} if not _is_index(parts[depth + 1]) else [])
             if isinstance(node, list):
-                if not part.isdigit() or int(part) > 1000:
+                if not _is_index(part) or len(part) > 4 or int(part) > 1000:
                     raise ValueError(f"column {key!r}: {part!r} is not a list index")
-                index = int(part)
-                while len(node) <= index:
+                slot: Any = int(part)
+                while len(node) <= slot:
                     node.append(None)
-                if node[index] is None or last:
-                    node[index] = nxt
-                node = node[index]
+            elif isinstance(node, dict):
+                slot = part
+                node.setdefault(slot, None)
             else:
-                if part not in node or last:
-                    node[part] = nxt
-                node = node[part]
+                raise conflict
+            if node[slot] is None:
+                node[slot] = nxt
+            elif last:
+                raise conflict
+            node = node[slot]
     _drop_holes(out)
     return out
+
+
+def _is_index(part: str) -> bool:
+    return part.isascii() and part.isdigit()
 
 
 def _drop_holes(node: Any) -> None:
