@@ -77,7 +77,7 @@ def parse_lines(lines: Iterable[SourceLine], report: IngestReport) -> Iterator[C
             report.rejected.append(Rejection(source.file, source.line, None, "(line)", source.error))
             continue
         event_id = source.obj.get("event_id") if isinstance(source.obj, dict) else None
-        event_id = event_id if isinstance(event_id, str) and len(event_id) <= 128 else None
+        event_id = event_id if isinstance(event_id, str) and len(event_id) <= 128 and event_id.isprintable() else None
         try:
             event = parse_event(source.obj)
         except InvalidEvent as invalid:

@@ -323,7 +323,9 @@ def _zone(value: Any) -> str:
     if not isinstance(value, str):
         got = _toml_type(value)
         raise ValueError(f'must be a time zone name such as "Asia/Shanghai", got {got}')
-    ok = value not in _NOT_ZONES and not value.startswith(("posix/", "right/"))
+    # zoneinfo recurses once per "/" (a name of ~250 parts overflows the stack): no real zone
+    # name is longer than a few dozen characters.
+    ok = value not in _NOT_ZONES and not value.startswith(("posix/", "right/")) and len(value) <= 64 and value.count("/") <= 4
     if ok:
         try:
             zoneinfo.ZoneInfo(value)
@@ -660,6 +662,9 @@ def parse_rules(text: str, source: str = "<rules>") -> RuleSet:
                 line = text.count("\n") + 1
         reason = f"TOML syntax error: {message}"
         raise RuleFileError(source, [RuleFinding("", reason, line, column)]) from None
+    except (ValueError, RecursionError) as error:  # tomllib: an integer too long, nesting too deep
+        kind = "nested too deeply" if isinstance(error, RecursionError) else "a value too large to read"
+        raise RuleFileError(source, [RuleFinding("", f"TOML syntax error: {kind}", None, None)]) from None
     return _validate(data, source)
 
 
