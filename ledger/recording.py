@@ -166,14 +166,20 @@ def _booked(state: RecordState, event: AssessmentBooked) -> Refusal | None:
     return _claim(state, state.appointments, event.appointment_id, event, "appointment_id", "appointment")
 
 
-def _outcome(state: RecordState, event: Any) -> Refusal | None:
-    if event.appointment_id not in state.appointments:
-        return Refusal("appointment_id", f"unknown appointment {event.appointment_id!r}", unresolved=True)
-    holder = state.outcomes.get(event.appointment_id)
+def _once(state: RecordState, event: LedgerEvent, key: str, parents: dict[str, str], done: dict[str, str], field: str, parent: str, already: str) -> Refusal | None:
+    """A follow-up fact that needs its parent recorded and happens at most once per parent
+    (an appointment's outcome, a ticket's decision)."""
+    if key not in parents:
+        return Refusal(field, f"unknown {parent} {key!r}", unresolved=True)
+    holder = done.get(key)
     if holder is not None and holder != event.event_id:
-        return Refusal("appointment_id", f"appointment {event.appointment_id!r} already has an outcome (event {holder!r})")
-    state._set(state.outcomes, event.appointment_id, event.event_id)
+        return Refusal(field, f"{parent} {key!r} " + already.format(holder=repr(holder)))
+    state._set(done, key, event.event_id)
     return None
+
+
+def _outcome(state: RecordState, event: Any) -> Refusal | None:
+    return _once(state, event, event.appointment_id, state.appointments, state.outcomes, "appointment_id", "appointment", "already has an outcome (event {holder})")
 
 
 def _paid(state: RecordState, event: OrderPaid) -> Refusal | None:
@@ -253,13 +259,7 @@ def _requested(state: RecordState, event: TransferRequested) -> Refusal | None:
 
 
 def _decided(state: RecordState, event: TransferDecided) -> Refusal | None:
-    if event.ticket_id not in state.tickets:
-        return Refusal("ticket_id", f"unknown ticket {event.ticket_id!r}", unresolved=True)
-    holder = state.decisions.get(event.ticket_id)
-    if holder is not None and holder != event.event_id:
-        return Refusal("ticket_id", f"ticket {event.ticket_id!r} was already decided by event {holder!r}")
-    state._set(state.decisions, event.ticket_id, event.event_id)
-    return None
+    return _once(state, event, event.ticket_id, state.tickets, state.decisions, "ticket_id", "ticket", "was already decided by event {holder}")
 
 
 def _policy(state: RecordState, event: PolicyAdopted) -> Refusal | None:
