@@ -20,6 +20,7 @@ from cli.ingest_cmd import event_progress
 from cli.store_cmds import adoption_event
 from ledger.events import PolicyAdopted
 from ledger.ingest import ingest_events
+from ledger.projector import Projector
 from ledger.store import LedgerStore, parse_store_url, store_url_from
 from policies import RuleBook, RuleChange, RuleSet, diff_rules, load_rules
 from policies.commission import Line, rate_text
@@ -112,6 +113,11 @@ def settle(
     if out is not None and out != "-" and not out.lower().endswith((".parquet", ".csv")):
         fail(f"--out {out}: the file name must end in .parquet or .csv (or be '-' for CSV on stdout)")
     what_if_rules = load_rules(rules_file) if rules_file is not None else None
+    if what_if_rules is None:  # the kept projection, refreshed: reads only what is new
+        with opened_store(store) as ledger:
+            statement, directory = Projector(ledger).statement(month)
+        _show_statement(statement, directory, out, json, lines, payee)
+        return
     with opened_store(store) as ledger:
         recorded, position, _ = load_ledger(ledger)
     settlement = Settlement(recorded, position=position)
@@ -123,8 +129,11 @@ def settle(
         else:
             render_comparison(comparison, directory, str(rules_file), show_all=lines)
         return
-    chosen = Settlement(recorded, position=position, rules=what_if_rules) if what_if_rules is not None else settlement
-    statement = chosen.statement(month)
+    statement = Settlement(recorded, position=position, rules=what_if_rules).statement(month)
+    _show_statement(statement, directory, out, json, lines, payee)
+
+
+def _show_statement(statement: Statement, directory: Directory, out: str | None, json: bool, lines: bool, payee: str | None) -> None:
     if out is not None:
         write_statement(statement, out, directory)
         if out == "-":

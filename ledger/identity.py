@@ -223,9 +223,16 @@ def index_terms(event: LedgerEvent) -> tuple[str, ...]:
         value = getattr(event, name)
         if value is not None:
             terms.append(prefix + value)
-    if not people_fields and not reference_fields and event.type != "settlement.closed":
+    if is_reference_data(event):
         terms.append("d:")
     return tuple(dict.fromkeys(terms))
+
+
+def is_reference_data(event: LedgerEvent) -> bool:
+    """Reference data and rule sets: events about no customer that every customer's fold reads
+    (filed under ``d:``). ``settlement.closed`` is neither."""
+    people_fields, reference_fields = _INDEXED_FIELDS[type(event)]
+    return not people_fields and not reference_fields and event.type != "settlement.closed"
 
 
 def _indexed_fields(cls: type[LedgerEvent]) -> tuple[tuple[str, ...], tuple[tuple[str, str], ...]]:

@@ -39,7 +39,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, Protocol
 from zoneinfo import ZoneInfo
 
 import orjson
@@ -61,6 +61,7 @@ from policies.commission import (
     source_line,
 )
 from projections.attribution import Attribution, Ownership, attribute, rule_book
+from projections.directory import Directory
 
 Positioned = tuple[int, LedgerEvent]
 DEFAULT_ZONE = "Asia/Shanghai"
@@ -127,10 +128,11 @@ class FixedRuleBook(RuleBook):
 class NoRulesForLine(NoRulesInForce):
     """A commission line falls before every adopted rule set: it is never guessed (§6)."""
 
-    def __init__(self, on: date, earliest: date | None, event_id: str, month: str):
+    def __init__(self, on: date, earliest: date | None, event_id: str, month: str, order: tuple[Any, ...] = ()):
         super().__init__(on, earliest)
         self.event_id = event_id
         self.month = month
+        self.order = order  # (which check of the statement, phase, canonical key): the first one wins
         self.args = (f"{self.args[0]} (event {event_id} has commission lines in {month}; adopt a rule set that covers it)",)
 
 
@@ -174,6 +176,7 @@ class Unsettled:
     event_id: str
     month: str
     error: NoRulesInForce
+    order: tuple[Any, ...] = ()  # where the fold met it: (phase, canonical key) — merges keep fold order
 
 
 @dataclass
@@ -185,6 +188,7 @@ class Commission:
     by_month: dict[str, list[Line]] = field(default_factory=dict)
     unsettled: dict[str, list[Unsettled]] = field(default_factory=dict)
     findings: dict[str, list[str]] = field(default_factory=dict)
+    finding_order: dict[str, list[tuple[Any, ...]]] = field(default_factory=dict)
     source_decisions: dict[tuple[str, str], SourceDecision] = field(default_factory=dict)
 
     def add(self, line: Line | None) -> Line | None:
@@ -192,30 +196,34 @@ class Commission:
             self.by_month.setdefault(line.month, []).append(line)
         return line
 
-    def note(self, month: str, text: str) -> None:
+    def note(self, month: str, text: str, event: LedgerEvent, phase: int = 0) -> None:
+        """A finding of ``month`` raised by ``event`` (``phase`` 1: the refunds pass)."""
         self.findings.setdefault(month, []).append(text)
+        self.finding_order.setdefault(month, []).append((phase, *canonical_key(event)))
 
     @property
     def months(self) -> list[str]:
         return sorted(set(self.by_month) | set(self.unsettled))
 
 
-def commission_lines(events: Iterable[LedgerEvent], book: RuleBook | None = None) -> Commission:
+def commission_lines(events: Iterable[LedgerEvent], book: RuleBook | None = None, directory: Directory | None = None) -> Commission:
     """Every source, deal, fulfillment, repurchase and clawback line of ``events`` (SPEC §5).
 
-    Any order in; canonical order inside. ``book`` defaults to the adopted rule sets."""
+    Any order in; canonical order inside. ``book`` defaults to the adopted rule sets and
+    ``directory`` to the reference data among ``events`` (one customer's fold passes both in)."""
     ordered = sorted(events, key=canonical_key)
     book = book if book is not None else rule_book(ordered)
-    attribution = attribute(ordered, book)
+    attribution = attribute(ordered, book, directory=directory)
     identity = attribution.identity
     out = Commission(book, attribution)
 
-    def recognise(event: LedgerEvent) -> Recognition | Unsettled:
+    def recognise(event: LedgerEvent, phase: int = 0) -> Recognition | Unsettled:
         try:
             return Recognition.at_moment(event.occurred_at, book.in_force_at(event.occurred_at))
         except NoRulesInForce as error:
             zone = zone_for(book, event.occurred_at.date())
-            unsettled = Unsettled(event.event_id, event.occurred_at.astimezone(zone).strftime("%Y-%m"), error)
+            month = event.occurred_at.astimezone(zone).strftime("%Y-%m")
+            unsettled = Unsettled(event.event_id, month, error, (phase, *canonical_key(event)))
             out.unsettled.setdefault(unsettled.month, []).append(unsettled)
             return unsettled
 
@@ -262,7 +270,7 @@ def commission_lines(events: Iterable[LedgerEvent], book: RuleBook | None = None
             if isinstance(when, Unsettled):
                 continue
             if item is None:
-                out.note(when.month, f"session {event.event_id}: order {event.order_id} has no such item to value the session by; no fulfillment line")
+                out.note(when.month, f"session {event.event_id}: order {event.order_id} has no such item to value the session by; no fulfillment line", event)
                 continue
             out.add(fulfillment_line(event, item, customer_id=identity.customer_of(event), when=when))
 
@@ -292,7 +300,7 @@ def _source(out: Commission, order: OrderPaid, item: Any, customer: str | None, 
         return []
     if owner.channel_kind is None:
         decide("unknown channel kind")
-        out.note(when.month, f"order {order.order_id}: the owner's channel {owner.channel_id or '?'} is not registered, so no source rate applies; no source line")
+        out.note(when.month, f"order {order.order_id}: the owner's channel {owner.channel_id or '?'} is not registered, so no source rate applies; no source line", order)
         return []
     line = out.add(source_line(
         order, item, customer_id=customer, owner_staff_id=owner.staff_id,
@@ -315,12 +323,12 @@ def _clawbacks(out, ordered, orders, order_lines, unsettled_orders, recognise) -
         order = orders.get(event.order_id)
         if order is None:
             continue
-        when = recognise(event)
+        when = recognise(event, phase=1)
         if isinstance(when, Unsettled):
             continue
         if event.order_id in unsettled_orders:
             first = unsettled_orders[event.order_id]
-            out.unsettled.setdefault(when.month, []).append(Unsettled(event.event_id, when.month, first.error))
+            out.unsettled.setdefault(when.month, []).append(Unsettled(event.event_id, when.month, first.error, (1, *canonical_key(event))))
             continue
         refunded_order[event.order_id] = refunded_order.get(event.order_id, ZERO) + event.amount
         order_complete = refunded_order[event.order_id] >= order.amount
@@ -328,7 +336,7 @@ def _clawbacks(out, ordered, orders, order_lines, unsettled_orders, recognise) -
         if event.sku is not None:
             item = order.item(event.sku)
             if item is None:
-                out.note(when.month, f"refund {event.event_id}: order {event.order_id} has no item {event.sku}; nothing clawed back")
+                out.note(when.month, f"refund {event.event_id}: order {event.order_id} has no item {event.sku}; nothing clawed back", event, phase=1)
                 continue
             item_key = (event.order_id, event.sku)
             refunded_item[item_key] = refunded_item.get(item_key, ZERO) + event.amount
@@ -414,6 +422,7 @@ class Statement:
     what_if: str | None = None  # the what-if rule set's version
     adjusts: tuple[str, ...] = ()  # closed months whose late changes this statement settles
     adjustments_go_to: str | None = None  # closed month: where its late changes are settled
+    finding_order: tuple[tuple[Any, ...], ...] = ()  # the fold order of ``findings`` (merging customers' parts)
 
     @property
     def grand_total(self) -> PayeeTotal:
@@ -469,20 +478,39 @@ def diff_month_lines(month: str, before: Sequence[Line], now: Sequence[Line]) ->
     return out
 
 
+class ReferenceAt(Protocol):
+    """The rule book and reference data as they stood at a ledger position, with a generation
+    number that changes whenever they did."""
+
+    def at(self, position: int) -> tuple[int, RuleBook, Directory]: ...
+
+
 class Settlement:
     """Statements of a ledger: its events with their positions, up to ``position``.
 
     ``rules`` makes it a what-if: that one rule set replaces every adopted version for every date
     (attribution included). Folds are cached per position (a closed month and the adjustments
-    need the lines as they stood at earlier positions)."""
+    need the lines as they stood at earlier positions).
 
-    def __init__(self, recorded: Iterable[Positioned], *, position: int | None = None, rules: RuleSet | None = None):
+    ``reference``: one customer's settlement (`projections.state`) — ``recorded`` then holds only
+    that customer's events and the closes, and the rule book and reference data as they stood at
+    a position come from ``reference.at(position)``."""
+
+    def __init__(
+        self,
+        recorded: Iterable[Positioned],
+        *,
+        position: int | None = None,
+        rules: RuleSet | None = None,
+        reference: ReferenceAt | None = None,
+    ):
         self.recorded: list[Positioned] = sorted(recorded, key=lambda pe: pe[0])
         self._positions = [p for p, _ in self.recorded]
         last = self._positions[-1] if self._positions else 0
         self.position = max(position, last) if position is not None else last
         self.what_if = rules
-        self._folds: dict[int, Commission] = {}
+        self.reference = reference
+        self._folds: dict[tuple[int, int], Commission] = {}
         # Lines never depend on settlement.closed events: folds are cached by how many *other*
         # events they include, so a run of closes shares one fold.
         self._facts_before: list[int] = []
@@ -504,11 +532,12 @@ class Settlement:
         position = self.position if position is None else position
         n = self._index(position)
         facts = self._facts_before[n - 1] if n else 0
-        if facts not in self._folds:
+        generation, book, directory = self.reference.at(position) if self.reference is not None else (0, None, None)
+        if (facts, generation) not in self._folds:
             events = [e for _, e in self.recorded[:n] if not isinstance(e, SettlementClosed)]
-            book = FixedRuleBook(self.what_if) if self.what_if is not None else None
-            self._folds[facts] = commission_lines(events, book)
-        return self._folds[facts]
+            book = FixedRuleBook(self.what_if) if self.what_if is not None else book
+            self._folds[(facts, generation)] = commission_lines(events, book, directory)
+        return self._folds[(facts, generation)]
 
     @property
     def book(self) -> RuleBook:
@@ -534,10 +563,7 @@ class Settlement:
             closure = closes[month]
             built = self._statement_at(month, closure.built_position)
             check = ClosedCheck(closure, built.digest) if self.what_if is None else None
-            target = next_month(month)
-            while target in closes:
-                target = next_month(target)
-            return _with(built, closed=check, adjustments_go_to=target)
+            return _with(built, closed=check, adjustments_go_to=adjustments_target(month, closes))
         return self._statement_at(month, self.position)
 
     def _statement_at(self, month: str, position: int) -> Statement:
@@ -545,15 +571,16 @@ class Settlement:
         if not fold.book:
             first = month_first_day(month)
             raise NoRulesInForce(first, None)
-        self._refuse_unsettled(fold, month)
+        self._refuse_unsettled(fold, month, (0, ""))
         lines = list(fold.by_month.get(month, ()))
         findings = list(fold.findings.get(month, ()))
+        finding_order = tuple(fold.finding_order.get(month, ()))
         closes = self.closures(position)
         adjusted: list[str] = []
         for earlier in self.adjustment_sources(month, closes):
             then = self.last_accounted(earlier, month, closes)
             before = self.commission(then)
-            self._refuse_unsettled(fold, earlier)
+            self._refuse_unsettled(fold, earlier, (1, earlier))
             changes = diff_month_lines(earlier, before.by_month.get(earlier, ()), fold.by_month.get(earlier, ()))
             if changes:
                 adjusted.append(earlier)
@@ -566,13 +593,14 @@ class Settlement:
             month, position, versions, tuple(lines), totals, digest, tuple(findings),
             what_if=self.what_if.version if self.what_if is not None else None,
             adjusts=tuple(sorted(adjusted)),
+            finding_order=finding_order,
         )
 
     @staticmethod
-    def _refuse_unsettled(fold: Commission, month: str) -> None:
+    def _refuse_unsettled(fold: Commission, month: str, check: tuple[int, str]) -> None:
         if month in fold.unsettled:
             first = fold.unsettled[month][0]
-            raise NoRulesForLine(first.error.on, first.error.earliest, first.event_id, month)
+            raise NoRulesForLine(first.error.on, first.error.earliest, first.event_id, month, (*check, *first.order))
 
     @staticmethod
     def _versions(book: RuleBook, month: str, lines: Sequence[Line]) -> tuple[str, ...]:
@@ -618,11 +646,7 @@ class Settlement:
         """Months that have lines: their own, or adjustments of closed months (for export)."""
         closes = self.closures()
         months = set(self.commission().months) | set(closes)
-        for closed in list(closes):
-            target = next_month(closed)
-            while target in closes:
-                target = next_month(target)
-            months.add(target)
+        months |= {adjustments_target(closed, closes) for closed in closes}
         found = []
         for month in sorted(months):
             if month in closes or self.statement(month).lines:
@@ -634,9 +658,7 @@ class Settlement:
         closes = self.closures()
         candidates = {m for m in self.commission().months if m < month and m not in closes}
         for closed in closes:
-            target = next_month(closed)
-            while target in closes:
-                target = next_month(target)
+            target = adjustments_target(closed, closes)
             if target < month:
                 candidates.add(target)
         return sorted(m for m in candidates if self._has_lines(m))
@@ -646,6 +668,15 @@ class Settlement:
         if month in fold.unsettled or fold.by_month.get(month):
             return True
         return bool(self.statement(month).lines)
+
+
+def adjustments_target(closed: str, closes: dict[str, Closure]) -> str:
+    """Where closed month ``closed``'s late changes are settled: the first month after it that is
+    not closed."""
+    target = next_month(closed)
+    while target in closes:
+        target = next_month(target)
+    return target
 
 
 def _with(statement: Statement, **changes: Any) -> Statement:

@@ -1,0 +1,61 @@
+"""``rebuild`` and ``refresh``: the kept projections (issue 4 item 5), with their positions."""
+
+from __future__ import annotations
+
+import time
+
+import typer
+
+from cli.common import JsonOption, StoreOption, emit_json, opened_store, stdout
+from cli.ingest_cmd import event_progress
+from ledger.projector import Projector, Refreshed
+
+app = typer.Typer()
+
+
+def _run(store: str | None, full: bool) -> tuple[Refreshed, float]:
+    with opened_store(store) as ledger, event_progress("rebuilding" if full else "refreshing") as bar:
+        tasks: dict[str, int] = {}
+
+        def progress(stage: str, done: int, total: int | None) -> None:
+            if stage not in tasks:
+                tasks[stage] = bar.add_task(stage, total=total)
+            bar.update(tasks[stage], completed=done, total=total)
+
+        started = time.perf_counter()
+        projector = Projector(ledger)
+        done = projector.rebuild(progress) if full else projector.refresh(progress)
+        return done, time.perf_counter() - started
+
+
+def _report(done: Refreshed, seconds: float, json: bool) -> None:
+    if json:
+        emit_json({
+            "kind": done.kind, "position": done.position, "events_read": done.events_read,
+            "customers_settled": done.customers, "parts_written": done.parts, "reason": done.reason,
+            "seconds": round(seconds, 3),
+        })
+        return
+    if done.kind == "current":
+        stdout.print(f"settlement projection is up to date at position {done.position:,}")
+        return
+    rate = f" ({done.events_read / seconds:,.0f} events/s)" if seconds > 0 and done.events_read else ""
+    why = f" — {done.reason}" if done.reason else ""
+    stdout.print(
+        f"{done.kind}: settlement projection at position {done.position:,}: read {done.events_read:,} events, "
+        f"settled {done.customers:,} customers, wrote {done.parts:,} customer-month parts in {seconds:.2f} s{rate}{why}"
+    )
+
+
+@app.command()
+def rebuild(store: StoreOption = None, json: JsonOption = False) -> None:
+    """Drop the kept projections and rebuild them from every event (after a rule or code change;
+    a crash during it leaves the previous projection in place)."""
+    _report(*_run(store, full=True), json)
+
+
+@app.command()
+def refresh(store: StoreOption = None, json: JsonOption = False) -> None:
+    """Bring the kept projections up to date, reading only the events recorded since their
+    position (every command that reads them does this first)."""
+    _report(*_run(store, full=False), json)

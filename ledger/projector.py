@@ -1,0 +1,343 @@
+"""Kept projections (issue 4 item 5, issue 6): settlement parts stored beside the events, with
+the position they were built to, refreshed incrementally.
+
+What is kept (in the store's own database, so PostgreSQL and SQLite work alike):
+
+* ``channel_ledger_projection``: one row per projection — the position it was built to and its
+  state (the closes it has seen, the rule versions in force);
+* ``channel_ledger_part``: one row per (component, month) — that customer's share of the month's
+  statement (`projections.state.Part`), lines included.
+
+``rebuild`` drops both and recomputes them from every event (one transaction: a crash leaves the
+previous projection, never half of one). ``refresh`` reads only the events after the recorded
+position: the customers they touch are found through the secondary index (their connected
+components, as `ledger.neighbourhood` does for one customer), refolded, and their rows replaced;
+a new close refolds the customers with events between the position its statement was built to
+and the close. New reference data or rule sets change every customer's fold, so they rebuild.
+A refresh writes only if nobody refreshed the same projection since it read (optimistic, like
+the event chain), so concurrent commands cannot interleave stale parts.
+
+A statement read this way is the statement `Settlement` computes from every event — same lines,
+same digest (tested on both backends); `settle --month` on an up-to-date store then reads one
+month's rows instead of the whole ledger.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from ledger.events import SettlementClosed, parse_event
+from ledger.identity import index_terms, is_reference_data
+from ledger.store import LedgerStore, Recorded, StoreError
+from projections.directory import Directory
+from projections.settlement import Positioned, Statement
+from projections.state import Part, Reference, closures_of, customer_parts, split, statement_from_parts, superseded_keys
+
+PROJECTION_TABLE = "channel_ledger_projection"
+PART_TABLE = "channel_ledger_part"
+SETTLEMENT = "settlement"
+FORMAT = 1  # bump when the kept state's shape changes: an older one is rebuilt
+WRITE_ROWS = 2000
+Progress = Callable[[str, int, int | None], None]  # (stage, done, total)
+
+
+class StaleProjection(Exception):
+    """Another command refreshed the projection first; read again."""
+
+
+@dataclass(frozen=True)
+class Kept:
+    """The kept settlement projection's header."""
+
+    position: int
+    closes: tuple[Positioned, ...]
+    rule_versions: tuple[str, ...]
+
+    def state(self) -> bytes:
+        return orjson.dumps({
+            "format": FORMAT,
+            "closes": [[p, e.wire()] for p, e in self.closes],
+            "rule_versions": list(self.rule_versions),
+        })
+
+    @classmethod
+    def of(cls, position: int, state: bytes) -> Kept | None:
+        data = orjson.loads(state)
+        if data.get("format") != FORMAT:
+            return None
+        closes = tuple((p, parse_event(wire)) for p, wire in data["closes"])
+        return cls(position, closes, tuple(data["rule_versions"]))
+
+
+@dataclass(frozen=True)
+class Refreshed:
+    """What a rebuild or refresh did."""
+
+    kind: str  # "rebuild" | "refresh" | "current"
+    position: int
+    events_read: int
+    customers: int  # components refolded
+    parts: int  # (component, month) rows written
+    reason: str = ""
+
+
+class Projector:
+    """The kept projections of one store."""
+
+    def __init__(self, store: LedgerStore):
+        self.store = store
+        self.tables = _PostgresTables(store) if store.location.kind == "postgresql" else _SqliteTables(store)
+
+    # -- state -------------------------------------------------------------------------------
+
+    def kept(self) -> Kept | None:
+        row = self.tables.header(SETTLEMENT)
+        return Kept.of(*row) if row is not None else None
+
+    def reference(self) -> Reference:
+        """Every rule set and piece of reference data, through the index (not the stream)."""
+        return Reference((r.position, r.event) for r in self.store.read_at(self.store.find(["d:"])))
+
+    # -- rebuild -----------------------------------------------------------------------------
+
+    def rebuild(self, progress: Progress | None = None) -> Refreshed:
+        """Drop the kept projections and recompute them from every event."""
+        tick = progress or (lambda stage, done, total: None)
+        position = self.store.position()
+        recorded: list[Positioned] = []
+        for r in self.store.read(upto=position):
+            recorded.append((r.position, r.event))
+            if len(recorded) % 10000 == 0:
+                tick("reading", len(recorded), position)
+        tick("reading", len(recorded), position)
+        parts, customers = self._fold(recorded, position, tick)
+        kept = _kept_from(position, recorded)
+        with self.tables.writing() as w:
+            w.clear()
+            w.put_parts(parts)
+            w.put_header(SETTLEMENT, None, kept.position, kept.state())
+        return Refreshed("rebuild", position, len(recorded), customers, len(parts))
+
+    def _fold(self, recorded: list[Positioned], position: int, tick: Progress, closes: Iterable[Positioned] | None = None, reference: Reference | None = None) -> tuple[dict[tuple[str, str], bytes], int]:
+        layout, _ = split(recorded)
+        reference = reference or Reference(layout.reference)
+        closes = list(closes) if closes is not None else layout.closes
+        parts: dict[tuple[str, str], bytes] = {}
+        total = len(layout.components)
+        for n, (key, component) in enumerate(layout.components.items(), start=1):
+            for month, part in customer_parts(component, closes, reference, position).items():
+                parts[(key, month)] = orjson.dumps(part.state())
+            if n % 2000 == 0:
+                tick("settling customers", n, total)
+        tick("settling customers", total, total)
+        return parts, total
+
+    # -- refresh -----------------------------------------------------------------------------
+
+    def refresh(self, progress: Progress | None = None) -> Refreshed:
+        """Bring the kept projections up to the store's position, reading only what is new."""
+        for _attempt in range(5):
+            try:
+                return self._refresh(progress)
+            except StaleProjection:
+                continue
+        raise StoreError("the settlement projection kept changing under this command; try again")
+
+    def _refresh(self, progress: Progress | None) -> Refreshed:
+        kept = self.kept()
+        if kept is None:
+            return self.rebuild(progress)
+        position = self.store.position()
+        if position == kept.position:
+            return Refreshed("current", position, 0, 0, 0)
+        new = list(self.store.read(after=kept.position, upto=position))
+        if any(is_reference_data(r.event) for r in new):
+            done = self.rebuild(progress)
+            return Refreshed("rebuild", done.position, done.events_read, done.customers, done.parts, "new rule sets or reference data")
+        new_closes = [(r.position, r.event) for r in new if isinstance(r.event, SettlementClosed)]
+        closes = [*kept.closes, *new_closes]
+        seeds = [r for r in new if not isinstance(r.event, SettlementClosed)]
+        for closed_at, event in new_closes:  # a close built before it was recorded: the gap's customers
+            assert isinstance(event, SettlementClosed)
+            if event.position is not None and event.position < closed_at - 1:
+                seeds += [r for r in self.store.read(after=event.position, upto=closed_at) if not isinstance(r.event, SettlementClosed)]
+        parts: dict[tuple[str, str], bytes] = {}
+        stale: set[str] = set()
+        customers = 0
+        if seeds:
+            component = components_of(self.store, seeds)
+            recorded = [(r.position, r.event) for r in component]
+            tick = progress or (lambda stage, done, total: None)
+            parts, customers = self._fold(recorded, position, tick, closes=closes, reference=self.reference())
+            # The rows these customers were kept under: their components as they stood at the
+            # kept position (a late earlier lead renames a customer; a new link merges two).
+            before = [(p, e) for p, e in recorded if p <= kept.position]
+            _, identity = split(before)
+            stale = superseded_keys(identity, (e for _, e in before))
+        header = Kept(position, tuple(closes), kept.rule_versions)
+        with self.tables.writing() as w:
+            w.put_header(SETTLEMENT, kept.position, header.position, header.state())
+            w.drop_components(stale)
+            w.put_parts(parts)
+        return Refreshed("refresh", position, len(new), customers, len(parts))
+
+    # -- reading -----------------------------------------------------------------------------
+
+    def statement(self, month: str) -> tuple[Statement, Directory]:
+        """``month``'s statement from the kept parts (refreshed first), and the reference data
+        as it stands (for names)."""
+        self.refresh()
+        kept = self.kept()
+        assert kept is not None
+        reference = self.reference()
+        parts = [Part.from_state(orjson.loads(state)) for state in self.tables.parts(month)]
+        statement = statement_from_parts(month, parts, reference=reference, closes=closures_of(kept.closes), position=kept.position)
+        return statement, reference.at(kept.position)[2]
+
+
+def _kept_from(position: int, recorded: list[Positioned]) -> Kept:
+    closes = tuple((p, e) for p, e in recorded if isinstance(e, SettlementClosed))
+    reference = Reference((p, e) for p, e in recorded if is_reference_data(e))
+    _, book, _ = reference.at(position)
+    return Kept(position, closes, book.versions)
+
+
+def components_of(store: LedgerStore, seeds: list[Recorded]) -> list[Recorded]:
+    """The connected components (without reference data) of ``seeds``, through the index."""
+    found: dict[int, Recorded] = {r.position: r for r in seeds}
+    frontier = {t for r in seeds for t in index_terms(r.event) if t[:2] in ("k:", "o:", "a:", "t:")}
+    seen: set[str] = set()
+    while frontier:
+        seen |= frontier
+        positions = store.find(frontier) - set(found)
+        frontier = set()
+        for r in store.read_at(positions):
+            found[r.position] = r
+            frontier.update(t for t in index_terms(r.event) if t[:2] in ("k:", "o:", "a:", "t:") and t not in seen)
+    return sorted(found.values(), key=lambda r: r.position)
+
+
+# --- the tables -------------------------------------------------------------------------------
+
+
+class _Writer:
+    def __init__(self, cursor: Any, tables: Any):
+        self.c = cursor
+        self.t = tables
+
+    def clear(self) -> None:
+        self.c.execute(f"DELETE FROM {self.t.parts_table}")
+        self.c.execute(f"DELETE FROM {self.t.header_table}")
+
+    def put_header(self, name: str, expected: int | None, position: int, state: bytes) -> None:
+        """Write the header; ``expected``: the position this refresh started from (None: a rebuild)."""
+        mark = self.t.mark
+        if expected is None:
+            self.c.execute(f"DELETE FROM {self.t.header_table} WHERE name = {mark}", (name,))
+            self.c.execute(f"INSERT INTO {self.t.header_table} (name, position, state) VALUES ({mark}, {mark}, {mark})", (name, position, state))
+            return
+        self.c.execute(
+            f"UPDATE {self.t.header_table} SET position = {mark}, state = {mark} WHERE name = {mark} AND position = {mark}",
+            (position, state, name, expected),
+        )
+        if self.t.changed(self.c) != 1:
+            raise StaleProjection()
+
+    def drop_components(self, keys: Iterable[str]) -> None:
+        keys = sorted(keys)
+        for i in range(0, len(keys), WRITE_ROWS):
+            self.t.delete_components(self.c, keys[i : i + WRITE_ROWS])
+
+    def put_parts(self, parts: dict[tuple[str, str], bytes]) -> None:
+        rows = [(c, m, s) for (c, m), s in sorted(parts.items())]
+        for i in range(0, len(rows), WRITE_ROWS):
+            self.t.insert_parts(self.c, rows[i : i + WRITE_ROWS])
+
+
+class _SqliteTables:
+    mark = "?"
+
+    def __init__(self, store: LedgerStore):
+        self.datastore = store.recorder.datastore
+        self.header_table, self.parts_table = PROJECTION_TABLE, PART_TABLE
+        with self.datastore.transaction(commit=True) as c:
+            c.execute(f"CREATE TABLE IF NOT EXISTS {PROJECTION_TABLE} (name TEXT PRIMARY KEY, position INTEGER NOT NULL, state BLOB NOT NULL)")
+            c.execute(f"CREATE TABLE IF NOT EXISTS {PART_TABLE} (component TEXT NOT NULL, month TEXT NOT NULL, state BLOB NOT NULL, PRIMARY KEY (component, month)) WITHOUT ROWID")
+            c.execute(f"CREATE INDEX IF NOT EXISTS {PART_TABLE}_month ON {PART_TABLE} (month)")
+
+    def header(self, name: str) -> tuple[int, bytes] | None:
+        with self.datastore.transaction(commit=False) as c:
+            c.execute(f"SELECT position, state FROM {PROJECTION_TABLE} WHERE name = ?", (name,))
+            row = c.fetchone()
+        return (row[0], bytes(row[1])) if row else None
+
+    def parts(self, month: str) -> list[bytes]:
+        with self.datastore.transaction(commit=False) as c:
+            c.execute(f"SELECT state FROM {PART_TABLE} WHERE month = ? ORDER BY component", (month,))
+            return [bytes(r[0]) for r in c.fetchall()]
+
+    @contextmanager
+    def writing(self) -> Iterator[_Writer]:
+        with self.datastore.transaction(commit=True) as c:
+            yield _Writer(c, self)
+
+    @staticmethod
+    def changed(c: Any) -> int:
+        c.execute("SELECT changes()")
+        return int(c.fetchone()[0])
+
+    def delete_components(self, c: Any, keys: list[str]) -> None:
+        c.execute(f"DELETE FROM {PART_TABLE} WHERE component IN ({','.join('?' * len(keys))})", keys)
+
+    def insert_parts(self, c: Any, rows: list[tuple[str, str, bytes]]) -> None:
+        c.executemany(f"INSERT OR REPLACE INTO {PART_TABLE} (component, month, state) VALUES (?, ?, ?)", rows)
+
+
+class _PostgresTables:
+    mark = "%s"
+
+    def __init__(self, store: LedgerStore):
+        self.datastore = store.recorder.datastore
+        schema = self.datastore.schema
+        self.header_table = f'"{schema}".{PROJECTION_TABLE}'
+        self.parts_table = f'"{schema}".{PART_TABLE}'
+        with self.datastore.get_connection() as conn, conn.transaction(), conn.cursor() as curs:
+            curs.execute("SELECT pg_advisory_xact_lock(hashtext('channel_ledger_projection_ddl'))")
+            curs.execute(f"CREATE TABLE IF NOT EXISTS {self.header_table} (name text PRIMARY KEY, position bigint NOT NULL, state bytea NOT NULL)")
+            curs.execute(f"CREATE TABLE IF NOT EXISTS {self.parts_table} (component text NOT NULL, month text NOT NULL, state bytea NOT NULL, PRIMARY KEY (component, month))")
+            curs.execute(f"CREATE INDEX IF NOT EXISTS {PART_TABLE}_month ON {self.parts_table} (month)")
+
+    def header(self, name: str) -> tuple[int, bytes] | None:
+        with self.datastore.get_connection() as conn, conn.cursor() as curs:
+            curs.execute(f"SELECT position, state FROM {self.header_table} WHERE name = %s", (name,))
+            row = curs.fetchone()
+        return (row["position"], bytes(row["state"])) if row else None
+
+    def parts(self, month: str) -> list[bytes]:
+        with self.datastore.get_connection() as conn, conn.cursor() as curs:
+            curs.execute(f"SELECT state FROM {self.parts_table} WHERE month = %s ORDER BY component", (month,))
+            return [bytes(r["state"]) for r in curs.fetchall()]
+
+    @contextmanager
+    def writing(self) -> Iterator[_Writer]:
+        with self.datastore.get_connection() as conn, conn.transaction(), conn.cursor() as curs:
+            yield _Writer(curs, self)
+
+    @staticmethod
+    def changed(c: Any) -> int:
+        return int(c.rowcount)
+
+    def delete_components(self, c: Any, keys: list[str]) -> None:
+        c.execute(f"DELETE FROM {self.parts_table} WHERE component = ANY(%s)", (keys,))
+
+    def insert_parts(self, c: Any, rows: list[tuple[str, str, bytes]]) -> None:
+        c.execute(
+            f"INSERT INTO {self.parts_table} (component, month, state) SELECT * FROM unnest(%s::text[], %s::text[], %s::bytea[]) "
+            "ON CONFLICT (component, month) DO UPDATE SET state = EXCLUDED.state",
+            ([r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows]),
+        )

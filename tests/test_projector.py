@@ -1,0 +1,149 @@
+"""Kept projections (issue 4 item 5): a statement read from the kept, incrementally refreshed
+parts is exactly the statement the plain fold over every event gives — through refreshes, a
+close, late events that rename and re-own customers, new reference data, a rule change — on
+both backends; and a rebuild killed half-way leaves the previous projection."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from decimal import Decimal
+from pathlib import Path
+
+import orjson
+
+from cli.store_cmds import adoption_event
+from ledger.demo import generate
+from ledger.events import parse_event
+from ledger.identity import is_reference_data
+from ledger.ingest import ingest_events
+from ledger.projector import Projector
+from ledger.store import LedgerStore
+from ledger.verify import verify
+from policies import default_rules
+from projections.settlement import Settlement
+from tests.golden import run_cli
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def plain_fold(store: LedgerStore) -> Settlement:
+    position = store.position()
+    return Settlement(((r.position, r.event) for r in store.read(upto=position)), position=position)
+
+
+def assert_kept_equals_plain(store: LedgerStore) -> list[str]:
+    """Every month with activity: the kept statement is the plain fold's, line for line."""
+    plain = plain_fold(store)
+    months = plain.months_with_activity()
+    projector = Projector(store)
+    for month in months:
+        want = plain.statement(month)
+        got, _ = projector.statement(month)
+        assert got.lines == want.lines, month
+        assert (got.digest, got.position, got.rule_versions, got.findings, got.adjusts) == (
+            want.digest, want.position, want.rule_versions, want.findings, want.adjusts,
+        ), month
+        assert (got.closed, got.adjustments_go_to) == (want.closed, want.adjustments_go_to), month
+    return months
+
+
+def demo_batches(seed: int, customers: int) -> tuple[list[dict], list[dict], list[dict], list[dict]]:
+    """Reference data, then the customers' events in three batches; the third also carries
+    leads held back from the first (late, earlier leads: customers renamed, owners moved)."""
+    events = [parse_event(e) for e in generate(seed=seed, customers=customers, months=3)]
+    reference = [e for e in events if is_reference_data(e)]
+    facts = [e for e in events if e not in reference]
+    first, second, third = facts[: len(facts) // 2], facts[len(facts) // 2 : 4 * len(facts) // 5], facts[4 * len(facts) // 5 :]
+    rng = random.Random(seed)
+    late = [e for e in rng.sample(first, 60) if e.type in ("lead.captured", "followup.logged")]
+    first = [e for e in first if e not in late]
+    return reference, first, second, [*third, *late]
+
+
+def test_kept_statements_equal_the_plain_fold_through_refreshes_a_close_and_late_events(store_url: str) -> None:
+    reference, first, second, third = demo_batches(seed=11, customers=160)
+    with LedgerStore(store_url) as store:
+        assert not ingest_events(store, [adoption_event(default_rules()), *reference, *first]).rejected
+        assert Projector(store).refresh().kind == "rebuild"  # nothing kept yet
+        assert_kept_equals_plain(store)
+
+        assert not ingest_events(store, second).rejected
+        done = Projector(store).refresh()
+        assert done.kind == "refresh" and done.events_read == len(second) and 0 < done.customers
+        months = assert_kept_equals_plain(store)
+
+    closed = run_cli(["close", "--month", months[0], "--store", store_url])
+    assert closed.returncode == 0, closed.stderr.decode()
+    with LedgerStore(store_url) as store:
+        report = ingest_events(store, third)
+        assert not report.rejected
+        done = Projector(store).refresh()
+        assert done.kind == "refresh"
+        assert_kept_equals_plain(store)
+        august = Projector(store).statement(months[1])[0]
+        assert august.adjusts == (months[0],), "the late leads move lines of the closed month"
+
+        # new reference data changes every customer's fold: the refresh rebuilds
+        store_id = next(e.store_id for e in reference if e.type == "store.registered")
+        staff = parse_event({"event_id": "late-staff", "type": "staff.registered", "occurred_at": "2026-05-01T09:00:00+08:00",
+                             "staff_id": "late-staff", "name": "Late Staff", "role": "channel_agent", "store_id": store_id})
+        assert not ingest_events(store, [staff]).rejected
+        done = Projector(store).refresh()
+        assert (done.kind, done.reason) == ("rebuild", "new rule sets or reference data")
+        assert_kept_equals_plain(store)
+
+
+def test_a_rebuild_after_a_rule_change_gives_the_digests_of_a_fresh_store(tmp_path: Path) -> None:
+    reference, first, second, third = demo_batches(seed=12, customers=80)
+    paid = sorted(e.occurred_at for e in [*first, *second] if e.type == "order.paid")
+    middle = paid[len(paid) // 2].date().replace(day=1)
+    changed = default_rules().model_copy(update={
+        "version": "2026.2", "effective_from": middle, "protection_days": 3, "fulfillment_rate": Decimal("0.20"),
+    })
+    events = [adoption_event(default_rules()), *reference, *first, *second]
+    a, b = f"sqlite:///{tmp_path / 'a.db'}", f"sqlite:///{tmp_path / 'b.db'}"
+    with LedgerStore(a) as store:
+        assert not ingest_events(store, events).rejected
+        Projector(store).rebuild()
+        assert not ingest_events(store, [adoption_event(changed)]).rejected
+        assert Projector(store).rebuild().kind == "rebuild"
+        months = assert_kept_equals_plain(store)
+        kept_a = {m: Projector(store).statement(m)[0] for m in months}
+    with LedgerStore(b) as store:
+        assert not ingest_events(store, [*events, adoption_event(changed)]).rejected
+        kept_b = {m: Projector(store).statement(m)[0] for m in months}
+    assert {m: s.digest for m, s in kept_a.items()} == {m: s.digest for m, s in kept_b.items()}
+    assert any("2026.2" in s.rule_versions for s in kept_a.values()), "the new rules apply from their month"
+
+
+def test_a_rebuild_killed_at_random_points_leaves_the_previous_projection(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    reference, first, second, third = demo_batches(seed=13, customers=900)
+    with LedgerStore(url) as store:
+        assert not ingest_events(store, [adoption_event(default_rules()), *reference, *first, *second, *third]).rejected
+        Projector(store).rebuild()
+        month = plain_fold(store).months_with_activity()[-1]
+        before = Projector(store).statement(month)[0].digest
+    env = {**os.environ, "NO_COLOR": "1", "TERM": "dumb"}
+    rng = random.Random(7)
+    kills = 0
+    for _ in range(4):
+        process = subprocess.Popen([sys.executable, "-m", "cli.main", "rebuild", "--store", url], cwd=ROOT, env=env,
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(0.8, 3.0))
+        if process.poll() is None:
+            process.send_signal(signal.SIGKILL)
+            kills += 1
+        process.wait()
+        with LedgerStore(url) as store:
+            assert verify(store).ok
+            assert Projector(store).kept() is not None, "the previous projection is still there"
+            assert Projector(store).statement(month)[0].digest == before
+    assert kills >= 2, "the rebuild should have been killed mid-way at least twice"
+    done = run_cli(["settle", "--month", month, "--json", "--store", url])
+    assert done.returncode == 0 and orjson.loads(done.stdout)["digest"] == before
