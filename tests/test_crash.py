@@ -152,3 +152,43 @@ def test_a_20000_event_ingest_into_postgresql_completes(demo_file, pg_store_url:
     with LedgerStore(pg_store_url) as store:
         # Written in bounded chunks: one write record per chunk of at most CHUNK_EVENTS events.
         assert store.head().version >= report["accepted"] / CHUNK_EVENTS
+
+
+def test_sigkill_during_close_then_a_rerun_closes_once(demo_file, sqlite_store_url: str) -> None:
+    """``close`` killed at random points (reading, settling, recording): the store verifies, the
+    month is closed at most once, and a re-run finishes the close (or finds it done)."""
+    path, _ = demo_file
+    from cli.store_cmds import initialise
+
+    with LedgerStore(sqlite_store_url) as store:
+        initialise(store)
+    complete = start_ingest(path, sqlite_store_url)
+    complete.communicate(timeout=300)
+    env = {**os.environ, "NO_COLOR": "1", "TERM": "dumb"}
+    with LedgerStore(sqlite_store_url) as store:
+        months = sorted({r.event.occurred_at.strftime("%Y-%m") for r in store.read() if r.event.type == "order.paid"})
+    month = months[0]
+    rng = random.Random(20261203)
+    kills = 0
+    for _ in range(5):
+        proc = subprocess.Popen([sys.executable, "-m", "cli.main", "close", "--month", month, "--store", sqlite_store_url],
+                                cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        time.sleep(rng.uniform(0.5, 4.0))
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            kills += 1
+        proc.communicate(timeout=120)
+        with LedgerStore(sqlite_store_url) as store:
+            assert verify(store).ok
+            closes = [r.event for r in store.read() if r.event.type == "settlement.closed"]
+            assert len(closes) <= 1
+    assert kills >= 2
+    done = subprocess.run([sys.executable, "-m", "cli.main", "close", "--month", month, "--store", sqlite_store_url],
+                          cwd=ROOT, env=env, capture_output=True)
+    assert done.returncode == 0 or b"already closed" in done.stderr, done.stderr
+    with LedgerStore(sqlite_store_url) as store:
+        assert [r.event.month for r in store.read() if r.event.type == "settlement.closed"] == [month]
+        assert verify(store).ok
+    settled = subprocess.run([sys.executable, "-m", "cli.main", "settle", "--month", month, "--json", "--store", sqlite_store_url],
+                             cwd=ROOT, env=env, capture_output=True)
+    assert settled.returncode == 0 and orjson.loads(settled.stdout)["closed"]["verified"] is True
