@@ -31,17 +31,19 @@ from typing import Any
 
 import orjson
 
-from ledger.events import SettlementClosed, parse_event
+from ledger.events import PolicyAdopted, SettlementClosed, parse_event
 from ledger.identity import index_terms, is_reference_data
 from ledger.store import LedgerStore, Recorded, StoreError
-from projections.directory import Directory
+from policies import RuleBook
+from projections.attribution import rule_book
+from projections.directory import Directory, build_directory
 from projections.settlement import Positioned, Statement
 from projections.state import Part, Reference, closures_of, customer_parts, split, statement_from_parts, superseded_keys
 
 PROJECTION_TABLE = "channel_ledger_projection"
 PART_TABLE = "channel_ledger_part"
 SETTLEMENT = "settlement"
-FORMAT = 1  # bump when the kept state's shape changes: an older one is rebuilt
+FORMAT = 2  # bump when the kept state's shape changes: an older one is rebuilt
 WRITE_ROWS = 2000
 Progress = Callable[[str, int, int | None], None]  # (stage, done, total)
 
@@ -52,17 +54,25 @@ class StaleProjection(Exception):
 
 @dataclass(frozen=True)
 class Kept:
-    """The kept settlement projection's header."""
+    """The kept settlement projection's header: its position, the closes and rule sets it has
+    seen, and the reference data as of the position (so that one customer's query or one
+    month's statement need not refold the group's reference data)."""
 
     position: int
     closes: tuple[Positioned, ...]
-    rule_versions: tuple[str, ...]
+    policies: tuple[Positioned, ...]
+    directory: Directory
+
+    @property
+    def book(self) -> RuleBook:
+        return rule_book(e for _, e in self.policies)
 
     def state(self) -> bytes:
         return orjson.dumps({
             "format": FORMAT,
             "closes": [[p, e.wire()] for p, e in self.closes],
-            "rule_versions": list(self.rule_versions),
+            "policies": [[p, e.wire()] for p, e in self.policies],
+            "directory": self.directory.state(),
         })
 
     @classmethod
@@ -71,7 +81,8 @@ class Kept:
         if data.get("format") != FORMAT:
             return None
         closes = tuple((p, parse_event(wire)) for p, wire in data["closes"])
-        return cls(position, closes, tuple(data["rule_versions"]))
+        policies = tuple((p, parse_event(wire)) for p, wire in data["policies"])
+        return cls(position, closes, policies, Directory.from_state(data["directory"]))
 
 
 @dataclass(frozen=True)
@@ -179,7 +190,7 @@ class Projector:
             before = [(p, e) for p, e in recorded if p <= kept.position]
             _, identity = split(before)
             stale = superseded_keys(identity, (e for _, e in before))
-        header = Kept(position, tuple(closes), kept.rule_versions)
+        header = Kept(position, tuple(closes), kept.policies, kept.directory)
         with self.tables.writing() as w:
             w.put_header(SETTLEMENT, kept.position, header.position, header.state())
             w.drop_components(stale)
@@ -194,17 +205,24 @@ class Projector:
         self.refresh()
         kept = self.kept()
         assert kept is not None
-        reference = self.reference()
         parts = [Part.from_state(orjson.loads(state)) for state in self.tables.parts(month)]
-        statement = statement_from_parts(month, parts, reference=reference, closes=closures_of(kept.closes), position=kept.position)
-        return statement, reference.at(kept.position)[2]
+        statement = statement_from_parts(month, parts, reference=Reference(kept.policies), closes=closures_of(kept.closes), position=kept.position)
+        return statement, kept.directory
+
+    def snapshot(self) -> tuple[RuleBook, Directory] | None:
+        """The rule book and reference data as kept — if no rule set or reference data was
+        recorded since (then a query must read them from the events)."""
+        kept = self.kept()
+        if kept is None or max(self.store.find(["d:"]), default=0) > kept.position:
+            return None
+        return kept.book, kept.directory
 
 
 def _kept_from(position: int, recorded: list[Positioned]) -> Kept:
     closes = tuple((p, e) for p, e in recorded if isinstance(e, SettlementClosed))
-    reference = Reference((p, e) for p, e in recorded if is_reference_data(e))
-    _, book, _ = reference.at(position)
-    return Kept(position, closes, book.versions)
+    policies = tuple((p, e) for p, e in recorded if isinstance(e, PolicyAdopted))
+    directory = build_directory(e for _, e in recorded if is_reference_data(e))
+    return Kept(position, closes, policies, directory)
 
 
 def components_of(store: LedgerStore, seeds: list[Recorded]) -> list[Recorded]:

@@ -11,6 +11,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
+from typing import Any
 
 from ledger.events import (
     ChannelRegistered,
@@ -103,6 +104,32 @@ class Directory:
             )
 
     _early_retirements: dict[str, datetime] = field(default_factory=dict)
+
+    def state(self) -> dict[str, Any]:
+        """Plain JSON data of a built directory (`Directory.from_state` reads it back): kept
+        with the projections so one customer's query need not refold the reference data."""
+        moment = lambda value: value.isoformat() if value is not None else None  # noqa: E731
+        return {
+            "stores": self.stores,
+            "staff": [[s.staff_id, s.name, s.role, s.store_id] for s in self.staff.values()],
+            "channels": [[c.channel_id, c.name, c.kind, c.partner] for c in self.channels.values()],
+            "entry_points": [
+                [e.entry_point_id, e.channel_id, e.owner_staff_id, e.store_id, moment(e.issued_at), moment(e.retired_at)]
+                for e in self.entry_points.values()
+            ],
+            "capacity": [[c.resource_id, c.kind, c.store_id, str(c.weekly_hours), moment(c.since)] for cs in self.capacity.values() for c in cs],
+        }
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> Directory:
+        moment = lambda text: datetime.fromisoformat(text) if text is not None else None  # noqa: E731
+        directory = cls(stores=dict(state["stores"]))
+        directory.staff = {row[0]: Staff(*row) for row in state["staff"]}
+        directory.channels = {row[0]: Channel(*row) for row in state["channels"]}
+        directory.entry_points = {row[0]: EntryPoint(*row[:4], moment(row[4]), moment(row[5])) for row in state["entry_points"]}
+        for resource_id, kind, store_id, hours, since in state["capacity"]:
+            directory.capacity.setdefault(resource_id, []).append(Capacity(resource_id, kind, store_id, Decimal(hours), moment(since)))
+        return directory
 
     def channel_kind(self, channel_id: str | None) -> str | None:
         channel = self.channels.get(channel_id or "")

@@ -62,6 +62,15 @@ def facts(recorded: Iterable[Recorded], position: int | None = None) -> Facts:
     return Facts(highest if position is None else position, tuple(events))
 
 
+def facts_with(recorded: Iterable[Recorded], position: int, book: RuleBook, directory: Directory) -> Facts:
+    """`facts` of one customer's events, with the rule book and reference data given rather than
+    folded from the events (kept by `ledger.projector`; they must be those as of ``position``)."""
+    found = facts(recorded, position)
+    found.__dict__["book"] = book  # fills the cached properties
+    found.__dict__["directory"] = directory
+    return found
+
+
 def facts_of(events: Iterable[LedgerEvent], position: int = 0) -> Facts:
     """Facts from bare events (tests, what-if runs)."""
     return Facts(position, tuple(sorted(events, key=canonical_key)))
