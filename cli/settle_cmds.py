@@ -39,6 +39,7 @@ from projections.settlement import (
     next_month,
     parse_month,
 )
+from projections.state import adjustment_count
 
 app = typer.Typer()
 policy_app = typer.Typer(
@@ -225,11 +226,12 @@ def render_statement(statement: Statement, directory: Directory, *, show_lines: 
         stdout.print(table)
     else:
         stdout.print("no commission lines" + (f" for {payee}" if payee else "") + " in this month")
-    shown = [line for line in statement.lines if payee is None or line.payee == payee]
-    adjustments = [line for line in shown if line.adjustment_of]
+    # the whole month's counts without reading its lines (a kept statement decodes them lazily)
+    shown = statement.lines if payee is None else [line for line in statement.lines if line.payee == payee]
+    adjustments = adjustment_count(shown)
     summary = _count(len(shown), "line")
     if adjustments:
-        summary += f", of which {len(adjustments):,} adjust closed months ({', '.join(statement.adjusts)})"
+        summary += f", of which {adjustments:,} adjust closed months ({', '.join(statement.adjusts)})"
     if show_lines and shown:
         stdout.print()
         print_lines(shown)

@@ -38,10 +38,21 @@ from policies import RuleBook
 from projections.attribution import rule_book
 from projections.directory import Directory, build_directory
 from projections.settlement import Positioned, Statement
-from projections.state import Part, Reference, closures_of, customer_parts, split, statement_from_parts, superseded_keys
+from projections.state import (
+    Part,
+    Reference,
+    closures_of,
+    customer_parts,
+    kept_statement,
+    kept_statement_state,
+    split,
+    statement_from_parts,
+    superseded_keys,
+)
 
 PROJECTION_TABLE = "channel_ledger_projection"
 PART_TABLE = "channel_ledger_part"
+STATEMENT_TABLE = "channel_ledger_statement"
 SETTLEMENT = "settlement"
 FORMAT = 2  # bump when the kept state's shape changes: an older one is rebuilt
 WRITE_ROWS = 2000
@@ -193,7 +204,8 @@ class Projector:
         header = Kept(position, tuple(closes), kept.policies, kept.directory)
         with self.tables.writing() as w:
             w.put_header(SETTLEMENT, kept.position, header.position, header.state())
-            w.drop_components(stale)
+            touched = w.drop_components(stale) | {month for _, month in parts}
+            w.drop_statements(None if new_closes else touched)
             w.put_parts(parts)
         return Refreshed("refresh", position, len(new), customers, len(parts))
 
@@ -205,8 +217,14 @@ class Projector:
         self.refresh()
         kept = self.kept()
         assert kept is not None
+        closes = closures_of(kept.closes)
+        cached = self.tables.statement(month)
+        if cached is not None:
+            return kept_statement(month, orjson.loads(cached), closes=closes, position=kept.position), kept.directory
         parts = [Part.from_state(orjson.loads(state)) for state in self.tables.parts(month)]
-        statement = statement_from_parts(month, parts, reference=Reference(kept.policies), closes=closures_of(kept.closes), position=kept.position)
+        statement = statement_from_parts(month, parts, reference=Reference(kept.policies), closes=closes, position=kept.position)
+        with self.tables.writing() as w:  # kept for the next reader, unless a refresh moved on meanwhile
+            w.put_statement(month, orjson.dumps(kept_statement_state(statement)), kept.position)
         return statement, kept.directory
 
     def snapshot(self) -> tuple[RuleBook, Directory] | None:
@@ -251,6 +269,7 @@ class _Writer:
     def clear(self) -> None:
         self.c.execute(f"DELETE FROM {self.t.parts_table}")
         self.c.execute(f"DELETE FROM {self.t.header_table}")
+        self.c.execute(f"DELETE FROM {self.t.statement_table}")
 
     def put_header(self, name: str, expected: int | None, position: int, state: bytes) -> None:
         """Write the header; ``expected``: the position this refresh started from (None: a rebuild)."""
@@ -266,10 +285,31 @@ class _Writer:
         if self.t.changed(self.c) != 1:
             raise StaleProjection()
 
-    def drop_components(self, keys: Iterable[str]) -> None:
+    def drop_components(self, keys: Iterable[str]) -> set[str]:
+        """Delete these components' parts; returns the months they had parts in."""
         keys = sorted(keys)
+        months: set[str] = set()
         for i in range(0, len(keys), WRITE_ROWS):
-            self.t.delete_components(self.c, keys[i : i + WRITE_ROWS])
+            months |= self.t.delete_components(self.c, keys[i : i + WRITE_ROWS])
+        return months
+
+    def drop_statements(self, months: set[str] | None) -> None:
+        """Forget kept statements of these months (None: of every month)."""
+        if months is None:
+            self.c.execute(f"DELETE FROM {self.t.statement_table}")
+            return
+        for month in sorted(months):
+            self.c.execute(f"DELETE FROM {self.t.statement_table} WHERE month = {self.t.mark}", (month,))
+
+    def put_statement(self, month: str, state: bytes, position: int) -> None:
+        """Keep a merged statement — only if the projection is still at ``position``."""
+        m = self.t.mark
+        self.c.execute(f"DELETE FROM {self.t.statement_table} WHERE month = {m}", (month,))
+        self.c.execute(
+            f"INSERT INTO {self.t.statement_table} (month, state) SELECT {m}, {m} "
+            f"WHERE EXISTS (SELECT 1 FROM {self.t.header_table} WHERE name = {m} AND position = {m})",
+            (month, state, SETTLEMENT, position),
+        )
 
     def put_parts(self, parts: dict[tuple[str, str], bytes]) -> None:
         rows = [(c, m, s) for (c, m), s in sorted(parts.items())]
@@ -282,8 +322,9 @@ class _SqliteTables:
 
     def __init__(self, store: LedgerStore):
         self.datastore = store.recorder.datastore
-        self.header_table, self.parts_table = PROJECTION_TABLE, PART_TABLE
+        self.header_table, self.parts_table, self.statement_table = PROJECTION_TABLE, PART_TABLE, STATEMENT_TABLE
         with self.datastore.transaction(commit=True) as c:
+            c.execute(f"CREATE TABLE IF NOT EXISTS {STATEMENT_TABLE} (month TEXT PRIMARY KEY, state BLOB NOT NULL)")
             c.execute(f"CREATE TABLE IF NOT EXISTS {PROJECTION_TABLE} (name TEXT PRIMARY KEY, position INTEGER NOT NULL, state BLOB NOT NULL)")
             c.execute(f"CREATE TABLE IF NOT EXISTS {PART_TABLE} (component TEXT NOT NULL, month TEXT NOT NULL, state BLOB NOT NULL, PRIMARY KEY (component, month)) WITHOUT ROWID")
             c.execute(f"CREATE INDEX IF NOT EXISTS {PART_TABLE}_month ON {PART_TABLE} (month)")
@@ -299,6 +340,12 @@ class _SqliteTables:
             c.execute(f"SELECT state FROM {PART_TABLE} WHERE month = ? ORDER BY component", (month,))
             return [bytes(r[0]) for r in c.fetchall()]
 
+    def statement(self, month: str) -> bytes | None:
+        with self.datastore.transaction(commit=False) as c:
+            c.execute(f"SELECT state FROM {STATEMENT_TABLE} WHERE month = ?", (month,))
+            row = c.fetchone()
+        return bytes(row[0]) if row else None
+
     @contextmanager
     def writing(self) -> Iterator[_Writer]:
         with self.datastore.transaction(commit=True) as c:
@@ -309,8 +356,12 @@ class _SqliteTables:
         c.execute("SELECT changes()")
         return int(c.fetchone()[0])
 
-    def delete_components(self, c: Any, keys: list[str]) -> None:
-        c.execute(f"DELETE FROM {PART_TABLE} WHERE component IN ({','.join('?' * len(keys))})", keys)
+    def delete_components(self, c: Any, keys: list[str]) -> set[str]:
+        marks = ",".join("?" * len(keys))
+        c.execute(f"SELECT DISTINCT month FROM {PART_TABLE} WHERE component IN ({marks})", keys)
+        months = {r[0] for r in c.fetchall()}
+        c.execute(f"DELETE FROM {PART_TABLE} WHERE component IN ({marks})", keys)
+        return months
 
     def insert_parts(self, c: Any, rows: list[tuple[str, str, bytes]]) -> None:
         c.executemany(f"INSERT OR REPLACE INTO {PART_TABLE} (component, month, state) VALUES (?, ?, ?)", rows)
@@ -324,11 +375,13 @@ class _PostgresTables:
         schema = self.datastore.schema
         self.header_table = f'"{schema}".{PROJECTION_TABLE}'
         self.parts_table = f'"{schema}".{PART_TABLE}'
+        self.statement_table = f'"{schema}".{STATEMENT_TABLE}'
         with self.datastore.get_connection() as conn, conn.transaction(), conn.cursor() as curs:
             curs.execute("SELECT pg_advisory_xact_lock(hashtext('channel_ledger_projection_ddl'))")
             curs.execute(f"CREATE TABLE IF NOT EXISTS {self.header_table} (name text PRIMARY KEY, position bigint NOT NULL, state bytea NOT NULL)")
             curs.execute(f"CREATE TABLE IF NOT EXISTS {self.parts_table} (component text NOT NULL, month text NOT NULL, state bytea NOT NULL, PRIMARY KEY (component, month))")
             curs.execute(f"CREATE INDEX IF NOT EXISTS {PART_TABLE}_month ON {self.parts_table} (month)")
+            curs.execute(f"CREATE TABLE IF NOT EXISTS {self.statement_table} (month text PRIMARY KEY, state bytea NOT NULL)")
 
     def header(self, name: str) -> tuple[int, bytes] | None:
         with self.datastore.get_connection() as conn, conn.cursor() as curs:
@@ -341,6 +394,12 @@ class _PostgresTables:
             curs.execute(f"SELECT state FROM {self.parts_table} WHERE month = %s ORDER BY component", (month,))
             return [bytes(r["state"]) for r in curs.fetchall()]
 
+    def statement(self, month: str) -> bytes | None:
+        with self.datastore.get_connection() as conn, conn.cursor() as curs:
+            curs.execute(f"SELECT state FROM {self.statement_table} WHERE month = %s", (month,))
+            row = curs.fetchone()
+        return bytes(row["state"]) if row else None
+
     @contextmanager
     def writing(self) -> Iterator[_Writer]:
         with self.datastore.get_connection() as conn, conn.transaction(), conn.cursor() as curs:
@@ -350,8 +409,9 @@ class _PostgresTables:
     def changed(c: Any) -> int:
         return int(c.rowcount)
 
-    def delete_components(self, c: Any, keys: list[str]) -> None:
-        c.execute(f"DELETE FROM {self.parts_table} WHERE component = ANY(%s)", (keys,))
+    def delete_components(self, c: Any, keys: list[str]) -> set[str]:
+        c.execute(f"DELETE FROM {self.parts_table} WHERE component = ANY(%s) RETURNING month", (keys,))
+        return {r["month"] for r in c.fetchall()}
 
     def insert_parts(self, c: Any, rows: list[tuple[str, str, bytes]]) -> None:
         c.execute(

@@ -23,7 +23,7 @@ Pure: no I/O, no clock. The store side (what is kept where, and when it is refre
 from __future__ import annotations
 
 from bisect import bisect_right
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
@@ -39,6 +39,7 @@ from projections.settlement import (
     ClosedCheck,
     Closure,
     NoRulesForLine,
+    PayeeTotal,
     Positioned,
     Settlement,
     Statement,
@@ -238,6 +239,73 @@ def statement_from_parts(month: str, parts: Iterable[Part], *, reference: Refere
         adjusts=tuple(sorted({m for p in parts for m in p.adjusts})),
         adjustments_go_to=adjustments_target(month, closes) if closure is not None else None,
         finding_order=tuple(order for order, _ in findings),
+    )
+
+
+# --- a merged statement, kept -------------------------------------------------------------------
+
+
+class KeptLines(Sequence[Line]):
+    """A kept statement's lines, decoded only when someone reads them (totals, the digest and
+    the counts are kept beside them, so the usual statement view never decodes a line)."""
+
+    def __init__(self, states: list[list[Any]], adjustments: int):
+        self._states = states
+        self._lines: tuple[Line, ...] | None = None
+        self.adjustments = adjustments  # how many lines adjust closed months
+
+    def _decoded(self) -> tuple[Line, ...]:
+        if self._lines is None:
+            self._lines = tuple(line_of(s) for s in self._states)
+        return self._lines
+
+    def __len__(self) -> int:
+        return len(self._states)
+
+    def __getitem__(self, index):  # type: ignore[no-untyped-def]
+        return self._decoded()[index]
+
+    def __iter__(self) -> Iterator[Line]:
+        return iter(self._decoded())
+
+    def __eq__(self, other: object) -> bool:
+        return tuple(self) == tuple(other) if isinstance(other, Sequence) else NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+def adjustment_count(lines: Sequence[Line]) -> int:
+    """How many of a statement's lines adjust closed months (kept lines know without decoding)."""
+    kept = getattr(lines, "adjustments", None)
+    return kept if kept is not None else sum(1 for line in lines if line.adjustment_of)
+
+
+def kept_statement_state(statement: Statement) -> dict[str, Any]:
+    """What a merged statement keeps: everything but its position and closed check (which come
+    from the projection's header when it is read back)."""
+    return {
+        "versions": list(statement.rule_versions),
+        "lines": [line_state(line) for line in statement.lines],
+        "adjustments": adjustment_count(statement.lines),
+        "totals": [[t.payee, str(t.source), str(t.deal), str(t.fulfillment)] for t in statement.totals],
+        "digest": statement.digest,
+        "findings": [[list(plain_order(o)), text] for o, text in zip(statement.finding_order, statement.findings)],
+        "adjusts": list(statement.adjusts),
+    }
+
+
+def kept_statement(month: str, state: dict[str, Any], *, closes: dict[str, Closure], position: int) -> Statement:
+    """A kept statement read back as of ``position`` (the inverse of `kept_statement_state`)."""
+    closure = closes.get(month)
+    totals = tuple(PayeeTotal(p, Decimal(s), Decimal(d), Decimal(f)) for p, s, d, f in state["totals"])
+    return Statement(
+        month, closure.built_position if closure is not None else position, tuple(state["versions"]),
+        KeptLines(state["lines"], state["adjustments"]), totals, state["digest"],  # type: ignore[arg-type]
+        findings=tuple(text for _, text in state["findings"]),
+        closed=ClosedCheck(closure, state["digest"]) if closure is not None else None,
+        adjusts=tuple(state["adjusts"]),
+        adjustments_go_to=adjustments_target(month, closes) if closure is not None else None,
+        finding_order=tuple(tuple(o) for o, _ in state["findings"]),
     )
 
 
