@@ -15,7 +15,7 @@ import typer
 from rich import box
 from rich.table import Table
 
-from cli.common import JsonOption, StoreOption, UnmaskedOption, emit_json, fail, money, opened_store, stderr, stdout
+from cli.common import JsonOption, StoreOption, UnmaskedOption, emit_json, fail, money, opened_store, print_table, stderr, stdout
 from cli.ingest_cmd import event_progress
 from cli.store_cmds import adoption_event
 from ledger.events import PolicyAdopted
@@ -223,7 +223,7 @@ def render_statement(statement: Statement, directory: Directory, *, show_lines: 
         table.add_section()
         table.add_row("total", f"{len(totals)} payees", "", money(g.source), money(g.deal), money(g.fulfillment), money(g.total))
     if totals:
-        stdout.print(table)
+        print_table(table)
     else:
         stdout.print("no commission lines" + (f" for {payee}" if payee else "") + " in this month")
     # the whole month's counts without reading its lines (a kept statement decodes them lazily)
@@ -282,12 +282,12 @@ def print_lines(lines: Sequence[Line]) -> None:
     """The month's own lines, then one table per closed month it adjusts."""
     own = [line for line in lines if not line.adjustment_of]
     if own:
-        stdout.print(lines_table(own))
+        print_table(lines_table(own))
     for month in sorted({line.adjustment_of for line in lines if line.adjustment_of}):
         adjusting = [line for line in lines if line.adjustment_of == month]
         total = sum((line.amount for line in adjusting), Decimal("0.00"))
         stdout.print(f"\nadjustments of closed {month} (recorded after its close): {_count(len(adjusting), 'line')}, {_signed(total)}")
-        stdout.print(lines_table(adjusting))
+        print_table(lines_table(adjusting))
 
 
 CSV_COLUMNS = (

@@ -54,7 +54,7 @@ PROJECTION_TABLE = "channel_ledger_projection"
 PART_TABLE = "channel_ledger_part"
 STATEMENT_TABLE = "channel_ledger_statement"
 SETTLEMENT = "settlement"
-FORMAT = 2  # bump when the kept state's shape changes: an older one is rebuilt
+FORMAT = 3  # bump when the kept state's shape changes: an older one is rebuilt
 WRITE_ROWS = 2000
 Progress = Callable[[str, int, int | None], None]  # (stage, done, total)
 
@@ -220,11 +220,13 @@ class Projector:
         closes = closures_of(kept.closes)
         cached = self.tables.statement(month)
         if cached is not None:
-            return kept_statement(month, orjson.loads(cached), closes=closes, position=kept.position), kept.directory
+            summary, lines = cached
+            return kept_statement(month, orjson.loads(summary), lines, closes=closes, position=kept.position), kept.directory
         parts = [Part.from_state(orjson.loads(state)) for state in self.tables.parts(month)]
         statement = statement_from_parts(month, parts, reference=Reference(kept.policies), closes=closes, position=kept.position)
         with self.tables.writing() as w:  # kept for the next reader, unless a refresh moved on meanwhile
-            w.put_statement(month, orjson.dumps(kept_statement_state(statement)), kept.position)
+            summary, lines = kept_statement_state(statement)
+            w.put_statement(month, orjson.dumps(summary), lines, kept.position)
         return statement, kept.directory
 
     def snapshot(self) -> tuple[RuleBook, Directory] | None:
@@ -267,9 +269,11 @@ class _Writer:
         self.t = tables
 
     def clear(self) -> None:
-        self.c.execute(f"DELETE FROM {self.t.parts_table}")
-        self.c.execute(f"DELETE FROM {self.t.header_table}")
-        self.c.execute(f"DELETE FROM {self.t.statement_table}")
+        """Drop and recreate the tables (a rebuild also brings an older layout up to date)."""
+        for table in (self.t.parts_table, self.t.header_table, self.t.statement_table):
+            self.c.execute(f"DROP TABLE IF EXISTS {table}")
+        for statement in self.t.ddl():
+            self.c.execute(statement)
 
     def put_header(self, name: str, expected: int | None, position: int, state: bytes) -> None:
         """Write the header; ``expected``: the position this refresh started from (None: a rebuild)."""
@@ -301,14 +305,14 @@ class _Writer:
         for month in sorted(months):
             self.c.execute(f"DELETE FROM {self.t.statement_table} WHERE month = {self.t.mark}", (month,))
 
-    def put_statement(self, month: str, state: bytes, position: int) -> None:
+    def put_statement(self, month: str, state: bytes, lines: bytes, position: int) -> None:
         """Keep a merged statement — only if the projection is still at ``position``."""
         m = self.t.mark
         self.c.execute(f"DELETE FROM {self.t.statement_table} WHERE month = {m}", (month,))
         self.c.execute(
-            f"INSERT INTO {self.t.statement_table} (month, state) SELECT {m}, {m} "
+            f"INSERT INTO {self.t.statement_table} (month, state, lines) SELECT {m}, {m}, {m} "
             f"WHERE EXISTS (SELECT 1 FROM {self.t.header_table} WHERE name = {m} AND position = {m})",
-            (month, state, SETTLEMENT, position),
+            (month, state, lines, SETTLEMENT, position),
         )
 
     def put_parts(self, parts: dict[tuple[str, str], bytes]) -> None:
@@ -324,10 +328,17 @@ class _SqliteTables:
         self.datastore = store.recorder.datastore
         self.header_table, self.parts_table, self.statement_table = PROJECTION_TABLE, PART_TABLE, STATEMENT_TABLE
         with self.datastore.transaction(commit=True) as c:
-            c.execute(f"CREATE TABLE IF NOT EXISTS {STATEMENT_TABLE} (month TEXT PRIMARY KEY, state BLOB NOT NULL)")
-            c.execute(f"CREATE TABLE IF NOT EXISTS {PROJECTION_TABLE} (name TEXT PRIMARY KEY, position INTEGER NOT NULL, state BLOB NOT NULL)")
-            c.execute(f"CREATE TABLE IF NOT EXISTS {PART_TABLE} (component TEXT NOT NULL, month TEXT NOT NULL, state BLOB NOT NULL, PRIMARY KEY (component, month)) WITHOUT ROWID")
-            c.execute(f"CREATE INDEX IF NOT EXISTS {PART_TABLE}_month ON {PART_TABLE} (month)")
+            for statement in self.ddl():
+                c.execute(statement)
+
+    @staticmethod
+    def ddl() -> list[str]:
+        return [
+            f"CREATE TABLE IF NOT EXISTS {PROJECTION_TABLE} (name TEXT PRIMARY KEY, position INTEGER NOT NULL, state BLOB NOT NULL)",
+            f"CREATE TABLE IF NOT EXISTS {PART_TABLE} (component TEXT NOT NULL, month TEXT NOT NULL, state BLOB NOT NULL, PRIMARY KEY (component, month)) WITHOUT ROWID",
+            f"CREATE INDEX IF NOT EXISTS {PART_TABLE}_month ON {PART_TABLE} (month)",
+            f"CREATE TABLE IF NOT EXISTS {STATEMENT_TABLE} (month TEXT PRIMARY KEY, state BLOB NOT NULL, lines BLOB NOT NULL)",
+        ]
 
     def header(self, name: str) -> tuple[int, bytes] | None:
         with self.datastore.transaction(commit=False) as c:
@@ -340,11 +351,11 @@ class _SqliteTables:
             c.execute(f"SELECT state FROM {PART_TABLE} WHERE month = ? ORDER BY component", (month,))
             return [bytes(r[0]) for r in c.fetchall()]
 
-    def statement(self, month: str) -> bytes | None:
+    def statement(self, month: str) -> tuple[bytes, bytes] | None:
         with self.datastore.transaction(commit=False) as c:
-            c.execute(f"SELECT state FROM {STATEMENT_TABLE} WHERE month = ?", (month,))
+            c.execute(f"SELECT state, lines FROM {STATEMENT_TABLE} WHERE month = ?", (month,))
             row = c.fetchone()
-        return bytes(row[0]) if row else None
+        return (bytes(row[0]), bytes(row[1])) if row else None
 
     @contextmanager
     def writing(self) -> Iterator[_Writer]:
@@ -378,10 +389,16 @@ class _PostgresTables:
         self.statement_table = f'"{schema}".{STATEMENT_TABLE}'
         with self.datastore.get_connection() as conn, conn.transaction(), conn.cursor() as curs:
             curs.execute("SELECT pg_advisory_xact_lock(hashtext('channel_ledger_projection_ddl'))")
-            curs.execute(f"CREATE TABLE IF NOT EXISTS {self.header_table} (name text PRIMARY KEY, position bigint NOT NULL, state bytea NOT NULL)")
-            curs.execute(f"CREATE TABLE IF NOT EXISTS {self.parts_table} (component text NOT NULL, month text NOT NULL, state bytea NOT NULL, PRIMARY KEY (component, month))")
-            curs.execute(f"CREATE INDEX IF NOT EXISTS {PART_TABLE}_month ON {self.parts_table} (month)")
-            curs.execute(f"CREATE TABLE IF NOT EXISTS {self.statement_table} (month text PRIMARY KEY, state bytea NOT NULL)")
+            for statement in self.ddl():
+                curs.execute(statement)
+
+    def ddl(self) -> list[str]:
+        return [
+            f"CREATE TABLE IF NOT EXISTS {self.header_table} (name text PRIMARY KEY, position bigint NOT NULL, state bytea NOT NULL)",
+            f"CREATE TABLE IF NOT EXISTS {self.parts_table} (component text NOT NULL, month text NOT NULL, state bytea NOT NULL, PRIMARY KEY (component, month))",
+            f"CREATE INDEX IF NOT EXISTS {PART_TABLE}_month ON {self.parts_table} (month)",
+            f"CREATE TABLE IF NOT EXISTS {self.statement_table} (month text PRIMARY KEY, state bytea NOT NULL, lines bytea NOT NULL)",
+        ]
 
     def header(self, name: str) -> tuple[int, bytes] | None:
         with self.datastore.get_connection() as conn, conn.cursor() as curs:
@@ -394,11 +411,11 @@ class _PostgresTables:
             curs.execute(f"SELECT state FROM {self.parts_table} WHERE month = %s ORDER BY component", (month,))
             return [bytes(r["state"]) for r in curs.fetchall()]
 
-    def statement(self, month: str) -> bytes | None:
+    def statement(self, month: str) -> tuple[bytes, bytes] | None:
         with self.datastore.get_connection() as conn, conn.cursor() as curs:
-            curs.execute(f"SELECT state FROM {self.statement_table} WHERE month = %s", (month,))
+            curs.execute(f"SELECT state, lines FROM {self.statement_table} WHERE month = %s", (month,))
             row = curs.fetchone()
-        return bytes(row["state"]) if row else None
+        return (bytes(row["state"]), bytes(row["lines"])) if row else None
 
     @contextmanager
     def writing(self) -> Iterator[_Writer]:

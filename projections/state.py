@@ -29,6 +29,8 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+import orjson
+
 from ledger.events import LedgerEvent, SettlementClosed
 from ledger.identity import Identity, canonical_key, is_reference_data, reference_of
 from policies import NoRulesInForce, RuleBook
@@ -249,18 +251,19 @@ class KeptLines(Sequence[Line]):
     """A kept statement's lines, decoded only when someone reads them (totals, the digest and
     the counts are kept beside them, so the usual statement view never decodes a line)."""
 
-    def __init__(self, states: list[list[Any]], adjustments: int):
-        self._states = states
+    def __init__(self, states: bytes, count: int, adjustments: int):
+        self._states = states  # orjson of the `line_state` lists
         self._lines: tuple[Line, ...] | None = None
+        self.count = count
         self.adjustments = adjustments  # how many lines adjust closed months
 
     def _decoded(self) -> tuple[Line, ...]:
         if self._lines is None:
-            self._lines = tuple(line_of(s) for s in self._states)
+            self._lines = tuple(line_of(s) for s in orjson.loads(self._states))
         return self._lines
 
     def __len__(self) -> int:
-        return len(self._states)
+        return self.count
 
     def __getitem__(self, index):  # type: ignore[no-untyped-def]
         return self._decoded()[index]
@@ -280,27 +283,27 @@ def adjustment_count(lines: Sequence[Line]) -> int:
     return kept if kept is not None else sum(1 for line in lines if line.adjustment_of)
 
 
-def kept_statement_state(statement: Statement) -> dict[str, Any]:
-    """What a merged statement keeps: everything but its position and closed check (which come
-    from the projection's header when it is read back)."""
+def kept_statement_state(statement: Statement) -> tuple[dict[str, Any], bytes]:
+    """What a merged statement keeps — everything but its position and closed check (which come
+    from the projection's header when it is read back) — and, apart, its lines."""
     return {
         "versions": list(statement.rule_versions),
-        "lines": [line_state(line) for line in statement.lines],
+        "lines": len(statement.lines),
         "adjustments": adjustment_count(statement.lines),
         "totals": [[t.payee, str(t.source), str(t.deal), str(t.fulfillment)] for t in statement.totals],
         "digest": statement.digest,
         "findings": [[list(plain_order(o)), text] for o, text in zip(statement.finding_order, statement.findings)],
         "adjusts": list(statement.adjusts),
-    }
+    }, orjson.dumps([line_state(line) for line in statement.lines])
 
 
-def kept_statement(month: str, state: dict[str, Any], *, closes: dict[str, Closure], position: int) -> Statement:
+def kept_statement(month: str, state: dict[str, Any], lines: bytes, *, closes: dict[str, Closure], position: int) -> Statement:
     """A kept statement read back as of ``position`` (the inverse of `kept_statement_state`)."""
     closure = closes.get(month)
     totals = tuple(PayeeTotal(p, Decimal(s), Decimal(d), Decimal(f)) for p, s, d, f in state["totals"])
     return Statement(
         month, closure.built_position if closure is not None else position, tuple(state["versions"]),
-        KeptLines(state["lines"], state["adjustments"]), totals, state["digest"],  # type: ignore[arg-type]
+        KeptLines(lines, state["lines"], state["adjustments"]), totals, state["digest"],  # type: ignore[arg-type]
         findings=tuple(text for _, text in state["findings"]),
         closed=ClosedCheck(closure, state["digest"]) if closure is not None else None,
         adjusts=tuple(state["adjusts"]),
