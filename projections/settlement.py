@@ -442,12 +442,12 @@ class Statement:
 
 
 def statement_content(month: str, versions: Sequence[str], lines: Sequence[Line], totals: Sequence[PayeeTotal]) -> dict[str, Any]:
-    return {
-        "month": month,
-        "rule_versions": list(versions),
-        "lines": [line.as_json() for line in lines],
-        "totals": {t.payee: t.as_json() for t in totals},
-    }
+    return content_of(month, versions, [line.as_json() for line in lines], totals)
+
+
+def content_of(month: str, versions: Sequence[str], lines: list[dict[str, Any]], totals: Sequence[PayeeTotal]) -> dict[str, Any]:
+    """`statement_content` with the lines already in their JSON form."""
+    return {"month": month, "rule_versions": list(versions), "lines": lines, "totals": {t.payee: t.as_json() for t in totals}}
 
 
 def digest_of(content: dict[str, Any]) -> str:
@@ -604,9 +604,12 @@ class Settlement:
 
     @staticmethod
     def _versions(book: RuleBook, month: str, lines: Sequence[Line]) -> tuple[str, ...]:
+        return Settlement.versions_used(book, month, {line.rule_version for line in lines})
+
+    @staticmethod
+    def versions_used(book: RuleBook, month: str, used: set[str]) -> tuple[str, ...]:
         """The rule versions the lines were computed under, in the book's order; for a month
         without lines, the version in force on its first day (none before every rule set)."""
-        used = {line.rule_version for line in lines}
         if not used:
             try:
                 used = {book.in_force(month_first_day(month)).version}

@@ -34,7 +34,7 @@ import orjson
 from ledger.events import LedgerEvent, SettlementClosed
 from ledger.identity import Identity, canonical_key, is_reference_data, reference_of
 from policies import NoRulesInForce, RuleBook
-from policies.commission import Line
+from policies.commission import ADJUSTMENTS, BASES, PARTS, ZERO, Line, rate_text
 from projections.attribution import rule_book
 from projections.directory import Directory, build_directory
 from projections.settlement import (
@@ -46,10 +46,9 @@ from projections.settlement import (
     Settlement,
     Statement,
     adjustments_target,
+    content_of,
     digest_of,
     month_first_day,
-    payee_totals,
-    statement_content,
 )
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -146,7 +145,7 @@ class Refusal:
 class Part:
     """One component's share of one month's statement."""
 
-    lines: tuple[Line, ...] = ()
+    lines: tuple[list[Any], ...] = ()  # `line_state` of each line: merged without decoding
     findings: tuple[tuple[tuple[Any, ...], str], ...] = ()
     adjusts: tuple[str, ...] = ()
     refusal: Refusal | None = None
@@ -159,7 +158,7 @@ class Part:
         """Plain JSON data (`Part.from_state` reads it back exactly)."""
         state: dict[str, Any] = {}
         if self.lines:
-            state["l"] = [line_state(line) for line in self.lines]
+            state["l"] = list(self.lines)
         if self.findings:
             state["f"] = [[list(order), text] for order, text in self.findings]
         if self.adjusts:
@@ -176,7 +175,7 @@ class Part:
             order, on, earliest, event_id, month = state["r"]
             refusal = Refusal(tuple(order), date.fromisoformat(on), date.fromisoformat(earliest) if earliest else None, event_id, month)
         return cls(
-            tuple(line_of(s) for s in state.get("l", ())),
+            tuple(state.get("l", ())),
             tuple((tuple(o), text) for o, text in state.get("f", ())),
             tuple(state.get("a", ())),
             refusal,
@@ -198,7 +197,7 @@ def customer_parts(recorded: Sequence[Positioned], closes: Sequence[Positioned],
             continue  # nothing adopted at all: every statement refuses; nothing to keep
         else:
             findings = tuple((plain_order(o), text) for o, text in zip(statement.finding_order, statement.findings))
-            part = Part(statement.lines, findings, statement.adjusts)
+            part = Part(tuple(line_state(line) for line in statement.lines), findings, statement.adjusts)
         if not part.empty:
             parts[month] = part
     return parts
@@ -229,13 +228,15 @@ def statement_from_parts(month: str, parts: Iterable[Part], *, reference: Refere
     refusals = [p.refusal for p in parts if p.refusal is not None]
     if refusals:
         raise min(refusals, key=lambda r: r.order).error()
-    lines = sorted((line for p in parts for line in p.lines), key=Line.sort_key)
+    # Lines stay plain data: sorted, totalled and hashed as `Line` would be, decoded only if read.
+    states = sorted((state for p in parts for state in p.lines), key=_state_sort_key)
     findings = sorted((f for p in parts for f in p.findings), key=lambda f: f[0])
-    totals = payee_totals(lines)
-    versions = Settlement._versions(book, month, lines)
-    digest = digest_of(statement_content(month, versions, lines, totals))
+    totals = _state_totals(states)
+    versions = Settlement.versions_used(book, month, {state[_RULE_VERSION] for state in states})
+    digest = digest_of(content_of(month, versions, [_state_json(state) for state in states], totals))
+    adjusting = sum(1 for state in states if state[_ADJUSTMENT_OF])
     return Statement(
-        month, at, versions, tuple(lines), totals, digest,
+        month, at, versions, KeptLines(orjson.dumps(states), len(states), adjusting), totals, digest,  # type: ignore[arg-type]
         findings=tuple(text for _, text in findings),
         closed=ClosedCheck(closure, digest) if closure is not None else None,
         adjusts=tuple(sorted({m for p in parts for m in p.adjusts})),
@@ -252,7 +253,8 @@ class KeptLines(Sequence[Line]):
     the counts are kept beside them, so the usual statement view never decodes a line)."""
 
     def __init__(self, states: bytes, count: int, adjustments: int):
-        self._states = states  # orjson of the `line_state` lists
+        self.raw = states  # orjson of the `line_state` lists
+        self._states = states
         self._lines: tuple[Line, ...] | None = None
         self.count = count
         self.adjustments = adjustments  # how many lines adjust closed months
@@ -294,7 +296,7 @@ def kept_statement_state(statement: Statement) -> tuple[dict[str, Any], bytes]:
         "digest": statement.digest,
         "findings": [[list(plain_order(o)), text] for o, text in zip(statement.finding_order, statement.findings)],
         "adjusts": list(statement.adjusts),
-    }, orjson.dumps([line_state(line) for line in statement.lines])
+    }, statement.lines.raw if isinstance(statement.lines, KeptLines) else orjson.dumps([line_state(line) for line in statement.lines])
 
 
 def kept_statement(month: str, state: dict[str, Any], lines: bytes, *, closes: dict[str, Closure], position: int) -> Statement:
@@ -327,6 +329,41 @@ def line_state(line: Line) -> list[Any]:
             value = str(value) if isinstance(value, Decimal) else value.isoformat()
         out.append(value)
     return out
+
+
+_INDEX = {name: n for n, name in enumerate(_LINE_FIELDS)}
+_PAYEE, _PART, _BASIS, _AMOUNT = _INDEX["payee"], _INDEX["part"], _INDEX["basis"], _INDEX["amount"]
+_RULE_VERSION, _ADJUSTMENT_OF, _ADJUSTMENT = _INDEX["rule_version"], _INDEX["adjustment_of"], _INDEX["adjustment"]
+_RECOGNISED_AT, _EVENT_ID, _SKU = _INDEX["recognised_at"], _INDEX["event_id"], _INDEX["sku"]
+
+
+def _state_sort_key(state: Sequence[Any]) -> tuple[Any, ...]:
+    """`Line.sort_key` of a line state (the moment as an instant, as datetimes compare)."""
+    moment = (datetime.fromisoformat(state[_RECOGNISED_AT]) - EPOCH) // timedelta(microseconds=1)
+    return (
+        state[_ADJUSTMENT_OF] or "", moment, state[_EVENT_ID], state[_SKU],
+        PARTS.index(state[_PART]), BASES.index(state[_BASIS]), ADJUSTMENTS.index(state[_ADJUSTMENT]), state[_PAYEE],
+    )
+
+
+def _state_json(state: Sequence[Any]) -> dict[str, Any]:
+    """`Line.as_json` of a line state (its moments were stored in their ``isoformat``)."""
+    out = dict(zip(_LINE_FIELDS, state))
+    del out["month"]
+    out["date"] = out.pop("day")
+    out["base"] = f"{Decimal(out['base']):.2f}"
+    out["rate"] = rate_text(Decimal(out["rate"]))
+    out["amount"] = f"{Decimal(out['amount']):.2f}"
+    return out
+
+
+def _state_totals(states: Iterable[Sequence[Any]]) -> tuple[PayeeTotal, ...]:
+    """`payee_totals` of line states."""
+    sums: dict[str, dict[str, Decimal]] = {}
+    for state in states:
+        parts = sums.setdefault(state[_PAYEE], {"source": ZERO, "deal": ZERO, "fulfillment": ZERO})
+        parts[state[_PART]] += Decimal(state[_AMOUNT])
+    return tuple(PayeeTotal(p, v["source"], v["deal"], v["fulfillment"]) for p, v in sorted(sums.items()))
 
 
 def line_of(state: Sequence[Any]) -> Line:
