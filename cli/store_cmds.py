@@ -11,7 +11,7 @@ from rich.table import Table
 from cli.common import JsonOption, StoreOption, UnmaskedOption, emit_json, fail, opened_store, stdout
 from ledger.events import EVENT_TYPES, LedgerEvent, PolicyAdopted
 from ledger.ingest import ingest_events
-from ledger.privacy import masked_person
+from ledger.privacy import mask_ref, masked_person
 from ledger.identity import canonical_key, resolve_identities
 from ledger.store import LedgerStore
 from policies import RuleSet, default_rules
@@ -118,7 +118,7 @@ def events(
     if customer is not None:
         wanted = identity.lookup(customer)
         if wanted is None:
-            fail(f"no customer known by {customer!r}", hint="use a phone, WeChat id, platform user (douyin:123) or customer id")
+            fail(f"no customer known by {mask_ref(customer)}", hint="use a phone, WeChat id, platform user (douyin:123) or customer id")
     rows = []
     for r in recorded:
         e = r.event

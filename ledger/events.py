@@ -186,6 +186,8 @@ class Person(Frozen):
 
     @model_validator(mode="after")
     def _has_a_key(self) -> Person:
+        if self._withheld:  # a person whose sealed data cannot be opened: as `ledger.sealing` built it
+            return self
         if not (self.phone or self.wechat_id or self.platform_user):
             raise ValueError("person needs at least one of phone, wechat_id, platform_user")
         self._phone_valid = bool(self.phone) and self.phone.startswith("+") and normalise_phone(self.phone)[1]
@@ -195,8 +197,21 @@ class Person(Frozen):
     def phone_is_valid(self) -> bool:
         return self._phone_valid
 
+    # Set by the store when personal data is encrypted at rest (`ledger.sealing`): the keyed
+    # hashes of the keys below, which identify this person instead of the keys themselves.
+    _keys: tuple[str, ...] | None = PrivateAttr(default=None)
+
     def identity_keys(self) -> tuple[str, ...]:
-        """The keys that identify this person, in a fixed order (phone, wechat, platform).
+        """The keys that identify this person: `plain_identity_keys`, or their keyed hashes
+        (``phone:#…``) for a person read from a store that encrypts personal data."""
+        return self._keys if self._keys is not None else self.plain_identity_keys()
+
+    # True for a person whose sealed data cannot be opened (`ledger.sealing.withheld_person`):
+    # its fields hold markers, and it identifies by `_keys` only.
+    _withheld: bool = PrivateAttr(default=False)
+
+    def plain_identity_keys(self) -> tuple[str, ...]:
+        """The normalised keys of this person, in a fixed order (phone, wechat, platform).
 
         A phone that is not a valid number still keys its own events together (``phone?…``) but
         is never a valid contact for attribution."""
@@ -343,6 +358,15 @@ class LeadTriaged(LedgerEvent):
     intake: Intake
     route: Literal["offline_assessment", "online_screening"]
     tags: Tags = Tags()
+
+    # The marker shown for intake and tags whose sealed data cannot be opened (`ledger.sealing`).
+    _withheld: str | None = PrivateAttr(default=None)
+
+    def wire(self) -> dict[str, Any]:
+        body = super().wire()
+        if self._withheld is not None:
+            body["intake"] = body["tags"] = self._withheld
+        return body
 
     @field_validator("tags", mode="before")
     @classmethod

@@ -76,6 +76,11 @@ class Identity:
         self.by_reference: dict[str, CustomerId] = {}  # "order:<id>", "appointment:<id>", "ticket:<id>"
         self.merge_candidates: list[MergeCandidate] = []
         self.merges: list[tuple[CustomerId, CustomerId, str]] = []  # (merged, survivor, event_id)
+        # A store that encrypts personal data keys people by keyed hashes (``phone:#…``,
+        # `ledger.sealing`); from the people it could decrypt the fold learns which plain key each
+        # hash stands for, to look customers up by phone and to show keys (`plain_key`).
+        self.stored_key_of: dict[str, str] = {}
+        self.plain_key_of: dict[str, str] = {}
 
     # -- union–find ----------------------------------------------------------------------
 
@@ -102,6 +107,10 @@ class Identity:
 
     def resolve(self, person: Person, event: LedgerEvent) -> CustomerId:
         keys = person.identity_keys()
+        if person._keys is not None and not person._withheld:
+            for plain, stored in zip(person.plain_identity_keys(), keys):
+                self.stored_key_of[plain] = stored
+                self.plain_key_of[stored] = plain
         found: list[CustomerId] = []
         for key in keys:
             owner = self.owner_of_key.get(key)
@@ -175,10 +184,18 @@ class Identity:
         if person_phone:
             candidates.insert(0, person_phone)
         for key in candidates:
-            owner = self.owner_of_key.get(key)
+            owner = self.owner_of_key.get(self.stored_key_of.get(key, key))
             if owner is not None:
                 return self.root(owner)
         return None
+
+
+    def plain_key(self, key: str) -> str | None:
+        """An identity key as a person may see it: itself, or for a keyed hash the plain key it
+        stands for when known (None when its personal data was forgotten or is sealed)."""
+        if ":#" not in key:
+            return key
+        return self.plain_key_of.get(key)
 
 
 def _phone_key(ref: str) -> str | None:

@@ -20,7 +20,7 @@ from typing import Any
 from ledger.events import InvalidEvent, LedgerEvent, parse_event
 from ledger.recording import RecordState
 from ledger.sources import SourceLine, read_source
-from ledger.store import LedgerStore, WriteConflict, wire_digest
+from ledger.store import LedgerStore, Recorded, WriteConflict, wire_digest
 
 BATCH_EVENTS = 2000
 MAX_CONFLICT_RETRIES = 50
@@ -94,6 +94,42 @@ def load_record_state(store: LedgerStore, state: RecordState | None = None) -> R
     return state
 
 
+Verdict = tuple[str, Candidate, tuple[str, str] | None]  # accepted / repeated / waiting / rejected, (field, reason)
+
+
+def classify(
+    batch: list[Candidate], known: dict[str, Recorded], state: RecordState, earlier: dict[str, str], same_content: Callable[[Recorded, str], bool] | None = None
+) -> tuple[list[Candidate], list[Verdict]]:
+    """Judge a batch under an open ``state`` transaction: a re-send of an id the store (``known``)
+    or this run (``earlier``: id → digest) already holds is repeated when its content is the same
+    and rejected when not (``same_content``: the store's comparison, `LedgerStore.same_content`,
+    which also compares events whose personal data is sealed); every other event is admitted by the rules of record (folded into
+    ``state``), waits for a reference that may still come, or is rejected."""
+    accepted: list[Candidate] = []
+    seen: dict[str, str] = {}
+    outcome: list[Verdict] = []
+    for candidate in batch:
+        event_id = candidate.event.event_id
+        prior = known[event_id].digest if event_id in known else seen.get(event_id, earlier.get(event_id))
+        if prior is not None:
+            if same_content(known[event_id], candidate.digest) if same_content and event_id in known else prior == candidate.digest:
+                outcome.append(("repeated", candidate, None))
+            else:
+                where = f"position {known[event_id].position}" if event_id in known else "earlier in this ingest"
+                outcome.append(("rejected", candidate, ("event_id", f"conflicting re-send: event_id already recorded with different content ({where})")))
+            continue
+        refusal = state.admit(candidate.event)
+        if refusal is None:
+            seen[event_id] = candidate.digest
+            accepted.append(candidate)
+            outcome.append(("accepted", candidate, None))
+        elif refusal.unresolved:
+            outcome.append(("waiting", candidate, None))
+        else:
+            outcome.append(("rejected", candidate, (refusal.field, refusal.reason)))
+    return accepted, outcome
+
+
 class Ingest:
     """One ingest run against a store: feed it candidates, then `finish`."""
 
@@ -158,28 +194,7 @@ class Ingest:
             load_record_state(self.store, self.state)
             known = self.store.lookup([c.event.event_id for c in batch])
             self.state.begin()
-            accepted: list[Candidate] = []
-            seen: dict[str, str] = {}
-            outcome: list[tuple[str, Candidate, tuple[str, str] | None]] = []
-            for candidate in batch:
-                event_id = candidate.event.event_id
-                prior = known[event_id].digest if event_id in known else seen.get(event_id, self.held_digests.get(event_id))
-                if prior is not None:
-                    if prior == candidate.digest:
-                        outcome.append(("repeated", candidate, None))
-                    else:
-                        where = f"position {known[event_id].position}" if event_id in known else "earlier in this ingest"
-                        outcome.append(("rejected", candidate, ("event_id", f"conflicting re-send: event_id already recorded with different content ({where})")))
-                    continue
-                refusal = self.state.admit(candidate.event)
-                if refusal is None:
-                    seen[event_id] = candidate.digest
-                    accepted.append(candidate)
-                    outcome.append(("accepted", candidate, None))
-                elif refusal.unresolved:
-                    outcome.append(("waiting", candidate, None))
-                else:
-                    outcome.append(("rejected", candidate, (refusal.field, refusal.reason)))
+            accepted, outcome = classify(batch, known, self.state, self.held_digests, self.store.same_content)
             if self.atomic:
                 self.state.commit()
                 self.held.extend(accepted)
@@ -250,6 +265,55 @@ def ingest_files(
     for path in paths:
         run.feed(parse_lines(read_source(path, fmt), run.report))
     return run.finish()
+
+
+def ingest_whole(store: LedgerStore, lines: Iterable[SourceLine], state: RecordState) -> IngestReport:
+    """Record a request all or nothing, against a long-lived rules-of-record ``state`` (the
+    service's: caught up with the store here, never re-read whole). Every line is judged as
+    `Ingest` judges it — repeated, conflicting, refused by the rules of record, or waiting for a
+    reference later in the same input — and the events are appended in one write only when no
+    line is rejected; otherwise nothing is written (``written`` False). A write conflict with
+    another process re-validates under the new head, as `Ingest` does."""
+    report = IngestReport()
+    candidates = list(parse_lines(lines, report))
+    for _attempt in range(MAX_CONFLICT_RETRIES):
+        head = store.head()
+        load_record_state(store, state)
+        known = store.lookup([c.event.event_id for c in candidates])
+        state.begin()
+        try:
+            accepted, outcome = classify(candidates, known, state, {}, store.same_content)
+            rejected = [(c, why) for verdict, c, why in outcome if verdict == "rejected" and why is not None]
+            waiting = [c for verdict, c, _ in outcome if verdict == "waiting"]
+            while waiting:  # references to events later in the request
+                admitted = [(c, state.admit(c.event)) for c in waiting]
+                accepted += [c for c, refusal in admitted if refusal is None]
+                if len(waiting) == sum(1 for _, refusal in admitted if refusal is not None):
+                    rejected += [(c, (r.field, r.reason)) for c, r in admitted if r is not None]
+                    break
+                waiting = [c for c, refusal in admitted if refusal is not None]
+            report.rejected += [Rejection(c.file, c.line, c.event.event_id, *why) for c, why in rejected]
+            report.repeated = sum(1 for verdict, _, _ in outcome if verdict == "repeated")
+            if report.rejected:
+                state.rollback()
+                report.written = False
+                break
+            positions = store.append([c.event for c in accepted], head, [c.digest for c in accepted], [c.wire for c in accepted])
+        except WriteConflict:
+            state.rollback()
+            continue
+        except BaseException:
+            state.rollback()  # the state outlives this request: never leave it half-folded
+            raise
+        state.commit(max(positions) if positions else None)
+        report.note_positions(positions)
+        report.accepted = len(accepted)
+        report.accepted_leads = [c.event.event_id for c in accepted if c.event.type == "lead.captured"]
+        break
+    else:
+        raise WriteConflict(f"gave up after {MAX_CONFLICT_RETRIES} write conflicts with other writers")
+    report.rejected.sort(key=lambda r: (r.file, r.line, r.field))
+    return report
 
 
 def ingest_events(store: LedgerStore, events: Iterable[LedgerEvent], *, source: str = "<api>") -> IngestReport:

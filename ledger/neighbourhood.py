@@ -11,6 +11,8 @@ answer a fold over the whole stream gives for these customers (tested against ea
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from ledger.events import normalise_phone
 from ledger.identity import index_terms
 from ledger.store import LedgerStore, Recorded
@@ -18,22 +20,28 @@ from ledger.store import LedgerStore, Recorded
 MAX_ROUNDS = 50
 
 
-def ref_terms(ref: str) -> list[str]:
-    """Index terms a person might mean by ``ref``: a customer id, a phone, a WeChat id, a platform user."""
+def ref_terms(ref: str, key_form: Callable[[str], str] | None = None) -> list[str]:
+    """Index terms a person might mean by ``ref``: a customer id, a phone, a WeChat id, a platform
+    user. ``key_form``: how the store keys people when it encrypts personal data (keyed hashes,
+    `ledger.sealing.MasterKey.key_form`); the plain terms are kept for what was recorded before."""
     ref = ref.strip()
-    terms = ["c:" + ref, "k:wechat:" + ref]
+    keys = ["wechat:" + ref]
     if ":" in ref:
-        terms.append("k:platform:" + ref)
+        keys.append("platform:" + ref)
     phone, valid = normalise_phone(ref)
     if valid:
-        terms.append("k:phone:" + phone)
+        keys.append("phone:" + phone)
+    terms = ["c:" + ref] + ["k:" + key for key in keys]
+    if key_form is not None:
+        terms += ["k:" + key_form(key) for key in keys]
     return terms
 
 
-def neighbourhood(store: LedgerStore, ref: str) -> list[Recorded]:
-    """The customer's component, its referring events, and all reference data (ledger order)."""
+def neighbourhood(store: LedgerStore, ref: str, reference: bool = True) -> list[Recorded]:
+    """The customer's component, its referring events, and (unless ``reference`` is False: the
+    caller has them kept) all reference data, in ledger order."""
     seen_terms: set[str] = set()
-    frontier = set(ref_terms(ref))
+    frontier = set(ref_terms(ref, store.key.key_form if store.key is not None else None))
     found: dict[int, Recorded] = {}
     for _round in range(MAX_ROUNDS):
         frontier -= seen_terms
@@ -47,5 +55,5 @@ def neighbourhood(store: LedgerStore, ref: str) -> list[Recorded]:
             frontier.update(t for t in index_terms(recorded.event) if t[:2] in ("k:", "o:", "a:", "t:"))
     if not found:
         return []
-    reference = store.read_at(store.find(["d:"]) - set(found))
-    return sorted([*found.values(), *reference], key=lambda r: r.position)
+    data = store.read_at(store.find(["d:"]) - set(found)) if reference else []
+    return sorted([*found.values(), *data], key=lambda r: r.position)

@@ -25,6 +25,7 @@ psycopg's pipeline, so chunks are written as separate statements, never pipeline
 from __future__ import annotations
 
 import hashlib
+import hmac
 import os
 import re
 from collections.abc import Iterable, Iterator, Sequence
@@ -42,8 +43,22 @@ from eventsourcing.persistence import (
     StoredEvent,
 )
 
-from ledger.events import EVENT_CLASSES, LedgerEvent, upcast
+from pydantic import ValidationError
+
+from ledger.events import EVENT_CLASSES, LeadTriaged, LedgerEvent, upcast
 from ledger.identity import index_terms
+from ledger.sealing import (
+    FORGOTTEN,
+    NEEDS_KEY,
+    SEALED,
+    SEALED_FIELDS,
+    WITHHELD,
+    KeyConfigError,
+    MasterKey,
+    SealError,
+    open_body,
+    seal,
+)
 
 DEFAULT_STORE = "sqlite:///channel-ledger.db"
 STORE_ENV = "CHANNEL_LEDGER_STORE"
@@ -98,6 +113,7 @@ class Entry:
     digest: str
     chain: str
     wire: dict[str, Any] | None = None  # event.wire(), when the caller has it already
+    mac: str | None = None  # sealed events: the keyed digest of the plaintext content (`ledger.sealing`)
 
 
 @dataclass(frozen=True)
@@ -118,6 +134,7 @@ class Recorded:
     event: LedgerEvent
     digest: str
     chain: str
+    mac: str | None = None  # sealed events: the keyed digest of the plaintext content (`ledger.sealing`)
 
 
 @dataclass(frozen=True)
@@ -147,20 +164,43 @@ class PydanticMapper(Mapper):
         )
 
     def to_domain_event(self, stored_event: StoredEvent) -> Any:  # type: ignore[override]
-        state = orjson.loads(stored_event.state)
-        if stored_event.topic == CHAIN_TOPIC:
-            return ChainLink(str(stored_event.originator_id), stored_event.originator_version, state["head"], state["count"])
-        cls = CLASS_BY_TOPIC.get(stored_event.topic)
-        if cls is None:
-            raise StoreError(f"stored event {stored_event.originator_id} has an unknown topic {stored_event.topic!r}")
-        body = upcast(cls, state["e"], state.get("v", 1))
-        return Entry(
-            originator_id=str(stored_event.originator_id),
-            originator_version=stored_event.originator_version,
-            event=cls.model_validate(body),
-            digest=state["d"],
-            chain=state["c"],
-        )
+        return decode_state(stored_event.topic, stored_event.state, None, str(stored_event.originator_id), stored_event.originator_version)
+
+
+def decode_state(
+    topic: str, state: bytes, data_key: bytes | str | None = None, originator_id: str = "", originator_version: int = 1
+) -> Any:
+    """A stored row's state as an `Entry` (or a `ChainLink`): the one decoder of stored events.
+
+    A sealed event (personal data encrypted at rest, `ledger.sealing`) is opened with
+    ``data_key``, its data key unwrapped by the store (`LedgerStore.data_keys`); given a marker
+    instead (`FORGOTTEN`, or None for `WITHHELD`) its personal fields show that marker. Events
+    without personal data, and every event of a store without a key, ignore ``data_key``."""
+    loaded = orjson.loads(state)
+    if topic == CHAIN_TOPIC:
+        return ChainLink(originator_id, originator_version, loaded["head"], loaded["count"])
+    cls = CLASS_BY_TOPIC.get(topic)
+    if cls is None:
+        raise StoreError(f"stored event {originator_id} has an unknown topic {topic!r}")
+    body, marker, mac, keys = loaded["e"], None, None, None
+    if SEALED in body:
+        mac = body[SEALED].get("mac")
+        try:
+            body, marker, keys = open_body(cls, body, data_key)
+        except SealError as error:
+            raise StoreError(str(error)) from None
+    body = upcast(cls, body, loaded.get("v", 1))
+    try:
+        event = cls.model_validate(body)
+    except ValidationError as error:  # never echo the stored values: they may be personal data
+        fields = ", ".join(sorted({".".join(str(p) for p in e["loc"]) for e in error.errors(include_url=False, include_input=False)}))
+        raise StoreError(f"stored event {body.get('event_id', originator_id)} ({cls.type}) does not read as one: {fields}") from None
+    if keys:
+        for name, stored_keys in keys.items():
+            getattr(event, name)._keys = tuple(stored_keys)  # it identifies by the keyed hashes
+    if marker is not None and isinstance(event, LeadTriaged):
+        event._withheld = marker
+    return Entry(originator_id, originator_version, event, loaded["d"], loaded["c"], mac=mac)
 
 
 class LedgerApplication(Application):
@@ -236,7 +276,9 @@ def store_url_from(value: str | None) -> str:
 class LedgerStore:
     """The ledger's events in an eventsourcing application, plus bulk reads and chained writes."""
 
-    def __init__(self, url: str):
+    def __init__(self, url: str, key: MasterKey | None | str = "env"):
+        """Open the store at ``url``. ``key``: the master key that encrypts personal data at rest
+        (`ledger.sealing`); by default the one ``CHANNEL_LEDGER_KEY(_FILE)`` names, if any."""
         self.location = parse_store_url(url)
         env = dict(self.location.env)
         try:
@@ -254,6 +296,22 @@ class LedgerStore:
         except OSError as error:
             raise StoreError(f"cannot open store {self.location.display}: {_one_line(error)}") from None
         self.mapper: PydanticMapper = self.app.mapper  # type: ignore[assignment]
+        try:
+            self.key: MasterKey | None = MasterKey.from_env() if key == "env" else key  # type: ignore[assignment]
+            self.sealed = self._key_matches()  # True: this store encrypts personal data at rest
+        except (KeyConfigError, StoreError) as error:
+            self.close()
+            raise StoreError(str(error)) from None
+
+    def _key_matches(self) -> bool:
+        """Whether the store encrypts personal data; refuses a master key that is not the store's."""
+        with _translated(self):
+            check = self.backend.key_check()
+        if check is None:
+            return False
+        if self.key is not None and not hmac.compare_digest(check, self.key.check):
+            raise StoreError(f"the configured master key is not the one store {self.location.display} was encrypted with")
+        return True
 
     def close(self) -> None:
         self.app.close()
@@ -281,9 +339,47 @@ class LedgerStore:
 
     def read(self, after: int = 0, upto: int | None = None, page: int = 5000) -> Iterator[Recorded]:
         """Source events in ledger order from position ``after`` (exclusive) to ``upto`` (inclusive)."""
-        for position, topic, state in self.read_raw(after, upto, page):
-            entry = self.mapper.to_domain_event(StoredEvent("", 1, topic, state))
-            yield Recorded(position, entry.event, entry.digest, entry.chain)
+        rows: list[tuple[int, str, bytes]] = []
+        for row in self.read_raw(after, upto, page):
+            rows.append(row)
+            if len(rows) >= page:
+                yield from self._recorded(rows)
+                rows = []
+        yield from self._recorded(rows)
+
+    def _recorded(self, rows: Sequence[tuple[int, str, bytes]]) -> Iterator[Recorded]:
+        """Decode (position, topic, state) rows of source events, opening sealed ones."""
+        keys = self.data_keys(rows)
+        for position, topic, state in rows:
+            if topic == CHAIN_TOPIC:
+                continue
+            entry = decode_state(topic, state, None if keys is None else keys.get(position, FORGOTTEN))
+            yield Recorded(position, entry.event, entry.digest, entry.chain, entry.mac)
+
+    def data_keys(self, rows: Sequence[tuple[int, str, bytes]]) -> dict[int, bytes | str] | None:
+        """The data keys of the sealed events among ``rows``, by position, for `decode_state`:
+        unwrapped with the master key, or `WITHHELD` without it; a forgotten event has none.
+        None when no row is sealed (a store without encryption never asks the database)."""
+        sealed = [position for position, _topic, state in rows if b'"~sealed":' in state]
+        if not sealed:
+            return None
+        with _translated(self):
+            wrapped = self.backend.keys_at(sealed)
+        if self.key is None:
+            return {position: WITHHELD for position in wrapped}
+        try:
+            return {position: self.key.unwrap(event_id, blob) for position, (event_id, blob) in wrapped.items()}
+        except SealError as error:
+            raise StoreError(str(error)) from None
+
+    def same_content(self, recorded: Recorded, digest: str) -> bool:
+        """Whether a recorded event has the content whose `content_digest` is ``digest`` (the
+        idempotency check of a re-send; a sealed event compares keyed digests)."""
+        if recorded.mac is None:
+            return recorded.digest == digest
+        if self.key is None:
+            raise StoreError(NEEDS_KEY)
+        return hmac.compare_digest(recorded.mac, self.key.content_mac(digest))
 
     def read_raw(self, after: int = 0, upto: int | None = None, page: int = 5000) -> Iterator[tuple[int, str, bytes]]:
         """(position, topic, state) of source events in ledger order, without decoding."""
@@ -305,9 +401,8 @@ class LedgerStore:
             ids = [EVENT_STREAM_PREFIX + e for e in event_ids[i : i + CHUNK_EVENTS]]
             with _translated(self):
                 rows = self.backend.select_streams(ids)
-            for position, topic, state in rows:
-                entry = self.mapper.to_domain_event(StoredEvent("", 1, topic, state))
-                found[entry.event.event_id] = Recorded(position, entry.event, entry.digest, entry.chain)
+            for recorded in self._recorded(rows):
+                found[recorded.event.event_id] = recorded
         return found
 
     def find(self, terms: Iterable[str]) -> set[int]:
@@ -326,10 +421,7 @@ class LedgerStore:
         for i in range(0, len(wanted), CHUNK_EVENTS):
             with _translated(self):
                 rows = self.backend.rows_at(wanted[i : i + CHUNK_EVENTS])
-            for position, topic, state in rows:
-                if topic != CHAIN_TOPIC:
-                    entry = self.mapper.to_domain_event(StoredEvent("", 1, topic, state))
-                    out.append(Recorded(position, entry.event, entry.digest, entry.chain))
+            out.extend(self._recorded(rows))
         return sorted(out, key=lambda r: r.position)
 
     def reindex(self) -> int:
@@ -368,12 +460,22 @@ class LedgerStore:
             return []
         digests = list(digests) if digests is not None else [content_digest(e) for e in events]
         wires = list(wires) if wires is not None else [None] * len(events)
+        sealing, key_check = self._sealing(events)
+        data_keys: list[tuple[int, str, bytes]] = []  # (index in events, event_id, wrapped data key)
         chunks: list[list[StoredEvent]] = []
         chain, version = head.hash, head.version
         for i in range(0, len(events), CHUNK_EVENTS):
             stored: list[StoredEvent] = []
             window = slice(i, i + CHUNK_EVENTS)
-            for event, digest, wire in zip(events[window], digests[window], wires[window]):
+            for n, (event, digest, wire) in enumerate(zip(events[window], digests[window], wires[window]), start=i):
+                if sealing and SEALED_FIELDS[type(event)]:
+                    assert self.key is not None
+                    sealed = seal(self.key, event, wire if wire is not None else event.wire(), digest)
+                    assert sealed is not None
+                    for name, stored_keys in sealed.keys.items():
+                        getattr(event, name)._keys = stored_keys  # it identifies as it will be read back
+                    wire, digest = sealed.body, wire_digest(sealed.body)
+                    data_keys.append((n, event.event_id, sealed.wrapped))
                 chain = chain_next(chain, digest)
                 entry = Entry(EVENT_STREAM_PREFIX + event.event_id, 1, event, digest, chain, wire)
                 stored.append(self.mapper.to_stored_event(entry))
@@ -383,10 +485,44 @@ class LedgerStore:
         terms = [index_terms(e) for e in events]
         try:
             with _translated(self):
-                positions = self.backend.insert(chunks, terms)
+                positions = self.backend.insert(chunks, terms, data_keys, key_check)
         except IntegrityError:
             raise WriteConflict("another writer appended first") from None
+        self.sealed = self.sealed or key_check is not None
         return [p for chunk_positions in positions for p in chunk_positions[:-1]]
+
+    def _sealing(self, events: Sequence[LedgerEvent]) -> tuple[bool, str | None]:
+        """Whether these events' personal data is sealed as they are written, and the key check to
+        record when this write makes the store an encrypted one (its first personal data)."""
+        if not any(SEALED_FIELDS[type(e)] for e in events):
+            return False, None
+        self.sealed = self.sealed or self._key_matches()  # another process may have sealed it
+        if self.key is None:
+            if self.sealed:
+                raise StoreError(NEEDS_KEY)
+            return False, None
+        if self.sealed:
+            return True, None
+        with _translated(self):
+            plaintext = self.backend.holds_personal_data()
+        if plaintext:
+            raise StoreError(
+                f"store {self.location.display} holds personal data recorded without encryption, and it cannot be "
+                "encrypted in place: record into a new store with the key, or unset the key to use this one as it is"
+            )
+        return True, self.key.check
+
+    def forget_positions(self, positions: Sequence[int], customer_id: str, by: str, at: str) -> int:
+        """Shred the data keys of the events at ``positions`` (crypto-shredding: their personal
+        data can no longer be opened) and record who did it and when, without personal data, in
+        one transaction. Returns how many data keys were shredded."""
+        with _translated(self):
+            return self.backend.shred(sorted(set(positions)), (at, customer_id, by))
+
+    def forgotten(self) -> list[tuple[str, str, int, str]]:
+        """The shredding log: (at, customer id, data keys shredded, by), oldest first."""
+        with _translated(self):
+            return self.backend.shredded()
 
 
 def _one_line(error: BaseException) -> str:
@@ -448,6 +584,10 @@ def pg_connect_args(env: dict[str, str]) -> dict[str, Any]:
 
 
 INDEX_TABLE = "channel_ledger_index"
+KEYS_TABLE = "channel_ledger_keys"  # the wrapped data key of every sealed event, by position
+SEALING_TABLE = "channel_ledger_sealing"  # the master key's check value: the store encrypts personal data
+FORGOTTEN_TABLE = "channel_ledger_forgotten"  # who shredded which customer's keys, and when
+KEY_CHECK = "key_check"
 
 
 class _SqliteBackend:
@@ -456,6 +596,9 @@ class _SqliteBackend:
         self.table = recorder.events_table_name
         with recorder.datastore.transaction(commit=True) as c:
             c.execute(f"CREATE TABLE IF NOT EXISTS {INDEX_TABLE} (term TEXT NOT NULL, position INTEGER NOT NULL, PRIMARY KEY (term, position)) WITHOUT ROWID")
+            c.execute(f"CREATE TABLE IF NOT EXISTS {KEYS_TABLE} (position INTEGER PRIMARY KEY, event_id TEXT NOT NULL, wrapped BLOB NOT NULL)")
+            c.execute(f"CREATE TABLE IF NOT EXISTS {SEALING_TABLE} (name TEXT PRIMARY KEY, value TEXT NOT NULL)")
+            c.execute(f"CREATE TABLE IF NOT EXISTS {FORGOTTEN_TABLE} (at TEXT NOT NULL, customer_id TEXT NOT NULL, keys INTEGER NOT NULL, by TEXT NOT NULL)")
 
     def select_streams(self, originator_ids: list[str]) -> list[tuple[int, str, bytes]]:
         marks = ",".join("?" * len(originator_ids))
@@ -476,13 +619,57 @@ class _SqliteBackend:
             c.execute(f"SELECT position FROM {INDEX_TABLE} WHERE term IN ({marks})", terms)
             return [r[0] for r in c.fetchall()]
 
-    def insert(self, chunks: Iterable[list[StoredEvent]], terms: list[tuple[str, ...]]) -> list[list[int]]:
+    def insert(
+        self, chunks: Iterable[list[StoredEvent]], terms: list[tuple[str, ...]], data_keys: Sequence[tuple[int, str, bytes]] = (), key_check: str | None = None
+    ) -> list[list[int]]:
         with self.recorder.datastore.transaction(commit=True) as c:
             c.execute("PRAGMA cache_size = -65536")  # 64 MiB: the index B-tree outgrows the 2 MiB default
             out = [list(self.recorder._insert_events(c, chunk)) for chunk in chunks]
             positions = [p for chunk_positions in out for p in chunk_positions[:-1]]
             c.executemany(f"INSERT INTO {INDEX_TABLE} VALUES (?, ?)", [(t, p) for p, ts in zip(positions, terms) for t in ts])
+            if data_keys:
+                c.executemany(f"INSERT INTO {KEYS_TABLE} VALUES (?, ?, ?)", [(positions[n], e, w) for n, e, w in data_keys])
+            if key_check is not None:
+                c.execute(f"INSERT INTO {SEALING_TABLE} VALUES (?, ?) ON CONFLICT DO NOTHING", (KEY_CHECK, key_check))
             return out
+
+    def key_check(self) -> str | None:
+        with self.recorder.datastore.transaction(commit=False) as c:
+            c.execute(f"SELECT value FROM {SEALING_TABLE} WHERE name = ?", (KEY_CHECK,))
+            row = c.fetchone()
+            return row[0] if row else None
+
+    def holds_personal_data(self) -> bool:
+        with self.recorder.datastore.transaction(commit=False) as c:
+            c.execute(f"SELECT 1 FROM {INDEX_TABLE} WHERE term >= 'c:' AND term < 'c;' LIMIT 1")
+            return c.fetchone() is not None
+
+    def keys_at(self, positions: list[int]) -> dict[int, tuple[str, bytes]]:
+        marks = ",".join("?" * len(positions))
+        with self.recorder.datastore.transaction(commit=False) as c:
+            c.execute(f"SELECT position, event_id, wrapped FROM {KEYS_TABLE} WHERE position IN ({marks})", positions)
+            return {r[0]: (r[1], bytes(r[2])) for r in c.fetchall()}
+
+    def shred(self, positions: list[int], audit: tuple[str, str, str]) -> int:
+        shredded = 0
+        with self.recorder.datastore.transaction(commit=True) as c:
+            c.execute("PRAGMA secure_delete = ON")  # overwrite the deleted keys' bytes in the file
+            for i in range(0, len(positions), CHUNK_EVENTS):
+                part = positions[i : i + CHUNK_EVENTS]
+                c.execute(f"DELETE FROM {KEYS_TABLE} WHERE position IN ({','.join('?' * len(part))})", part)
+                c.execute("SELECT changes()")
+                shredded += c.fetchone()[0]
+            at, customer_id, by = audit
+            c.execute(f"INSERT INTO {FORGOTTEN_TABLE} VALUES (?, ?, ?, ?)", (at, customer_id, shredded, by))
+        with self.recorder.datastore.transaction(commit=False) as c:
+            c.execute("PRAGMA secure_delete = OFF")
+            c.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # and drop the write-ahead log's copies
+        return shredded
+
+    def shredded(self) -> list[tuple[str, str, int, str]]:
+        with self.recorder.datastore.transaction(commit=False) as c:
+            c.execute(f"SELECT at, customer_id, keys, by FROM {FORGOTTEN_TABLE} ORDER BY rowid")
+            return [(r[0], r[1], r[2], r[3]) for r in c.fetchall()]
 
     def clear_index(self) -> None:
         with self.recorder.datastore.transaction(commit=True) as c:
@@ -499,8 +686,12 @@ class _PostgresBackend:
         schema = recorder.datastore.schema
         self.qualified = f'"{schema}"."{recorder.events_table_name}"'
         self.index = f'"{schema}".{INDEX_TABLE}'
+        self.keys, self.sealing, self.forgotten = (f'"{schema}".{name}' for name in (KEYS_TABLE, SEALING_TABLE, FORGOTTEN_TABLE))
         with recorder.datastore.get_connection() as conn, conn.cursor() as curs:
             curs.execute(f"CREATE TABLE IF NOT EXISTS {self.index} (term text NOT NULL, position bigint NOT NULL, PRIMARY KEY (term, position))")
+            curs.execute(f"CREATE TABLE IF NOT EXISTS {self.keys} (position bigint PRIMARY KEY, event_id text NOT NULL, wrapped bytea NOT NULL)")
+            curs.execute(f"CREATE TABLE IF NOT EXISTS {self.sealing} (name text PRIMARY KEY, value text NOT NULL)")
+            curs.execute(f"CREATE TABLE IF NOT EXISTS {self.forgotten} (id bigserial PRIMARY KEY, at text NOT NULL, customer_id text NOT NULL, keys integer NOT NULL, by text NOT NULL)")
 
     def select_streams(self, originator_ids: list[str]) -> list[tuple[int, str, bytes]]:
         sql = f"SELECT notification_id, topic, state FROM {self.qualified} WHERE originator_id = ANY(%s) AND originator_version = 1"
@@ -519,7 +710,9 @@ class _PostgresBackend:
             curs.execute(f"SELECT position FROM {self.index} WHERE term = ANY(%s)", (terms,))
             return [r["position"] for r in curs.fetchall()]
 
-    def insert(self, chunks: Iterable[list[StoredEvent]], terms: list[tuple[str, ...]]) -> list[list[int]]:
+    def insert(
+        self, chunks: Iterable[list[StoredEvent]], terms: list[tuple[str, ...]], data_keys: Sequence[tuple[int, str, bytes]] = (), key_check: str | None = None
+    ) -> list[list[int]]:
         out: list[list[int]] = []
         with self.recorder.datastore.get_connection() as conn:
             with conn.transaction(), conn.cursor() as curs:
@@ -536,7 +729,47 @@ class _PostgresBackend:
                         f"INSERT INTO {self.index} (term, position) SELECT * FROM unnest(%s::text[], %s::bigint[])",
                         ([t for t, _ in part], [p for _, p in part]),
                     )
+                for i in range(0, len(data_keys), CHUNK_EVENTS):
+                    part_keys = data_keys[i : i + CHUNK_EVENTS]
+                    curs.execute(
+                        f"INSERT INTO {self.keys} (position, event_id, wrapped) SELECT * FROM unnest(%s::bigint[], %s::text[], %s::bytea[])",
+                        ([positions[n] for n, _, _ in part_keys], [e for _, e, _ in part_keys], [w for _, _, w in part_keys]),
+                    )
+                if key_check is not None:
+                    curs.execute(f"INSERT INTO {self.sealing} (name, value) VALUES (%s, %s) ON CONFLICT DO NOTHING", (KEY_CHECK, key_check))
         return out
+
+    def key_check(self) -> str | None:
+        with self.recorder.datastore.get_connection() as conn, conn.cursor() as curs:
+            curs.execute(f"SELECT value FROM {self.sealing} WHERE name = %s", (KEY_CHECK,))
+            row = curs.fetchone()
+            return row["value"] if row else None
+
+    def holds_personal_data(self) -> bool:
+        with self.recorder.datastore.get_connection() as conn, conn.cursor() as curs:
+            curs.execute(f"SELECT 1 AS found FROM {self.index} WHERE term >= 'c:' AND term < 'c;' LIMIT 1")
+            return curs.fetchone() is not None
+
+    def keys_at(self, positions: list[int]) -> dict[int, tuple[str, bytes]]:
+        with self.recorder.datastore.get_connection() as conn, conn.cursor() as curs:
+            curs.execute(f"SELECT position, event_id, wrapped FROM {self.keys} WHERE position = ANY(%s)", (positions,))
+            return {r["position"]: (r["event_id"], bytes(r["wrapped"])) for r in curs.fetchall()}
+
+    def shred(self, positions: list[int], audit: tuple[str, str, str]) -> int:
+        shredded = 0
+        with self.recorder.datastore.get_connection() as conn:
+            with conn.transaction(), conn.cursor() as curs:
+                for i in range(0, len(positions), CHUNK_EVENTS):
+                    curs.execute(f"DELETE FROM {self.keys} WHERE position = ANY(%s)", (positions[i : i + CHUNK_EVENTS],))
+                    shredded += curs.rowcount
+                at, customer_id, by = audit
+                curs.execute(f"INSERT INTO {self.forgotten} (at, customer_id, keys, by) VALUES (%s, %s, %s, %s)", (at, customer_id, shredded, by))
+        return shredded
+
+    def shredded(self) -> list[tuple[str, str, int, str]]:
+        with self.recorder.datastore.get_connection() as conn, conn.cursor() as curs:
+            curs.execute(f"SELECT at, customer_id, keys, by FROM {self.forgotten} ORDER BY id")
+            return [(r["at"], r["customer_id"], r["keys"], r["by"]) for r in curs.fetchall()]
 
     def clear_index(self) -> None:
         with self.recorder.datastore.get_connection() as conn, conn.cursor() as curs:
