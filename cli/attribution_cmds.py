@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.table import Table
 
-from cli.common import JsonOption, StoreOption, UnmaskedOption, emit_json, fail, opened_store, stdout
+from cli.common import CommandError, JsonOption, StoreOption, UnmaskedOption, emit_json, fail, opened_store, stdout
 from cli.store_cmds import describe
 from ledger.events import LeadCaptured, LedgerEvent
 from ledger.neighbourhood import neighbourhood
-from ledger.privacy import mask_key
+from ledger.projector import Projector
+from ledger.store import LedgerStore
+from ledger.privacy import mask_key, mask_ref
 from projections.attribution import Collision, CustomerAttribution, Decision, Ownership, describe_lead
 from projections.customers import customer_events, find_possible_duplicates
-from projections.pipeline import Facts, facts
+from projections.pipeline import Facts, facts, facts_with
 
 app = typer.Typer()
 
@@ -26,20 +28,37 @@ def load(store_url: str | None, ref: str | None = None) -> Facts:
     """The facts a command needs: the whole stream, or — for one customer — only the events of
     that customer's neighbourhood (found through the store's index; the same answer, fast)."""
     with opened_store(store_url) as ledger:
-        position = ledger.position()
-        if ref is None:
-            loaded = facts(ledger.read(upto=position), position)
-        else:
-            loaded = facts((r for r in neighbourhood(ledger, ref) if r.position <= position), position)
+        return load_from(ledger, ref)
+
+
+def load_from(ledger: LedgerStore, ref: str | None = None) -> Facts:
+    """`load` from an open store (the HTTP service keeps one open)."""
+    position = ledger.position()
+    if ref is None:
+        loaded = facts(ledger.read(upto=position), position)
+    else:
+        kept = Projector(ledger).snapshot()  # the reference data as kept, when nothing newer came
+        found = [r for r in neighbourhood(ledger, ref, reference=kept is None) if r.position <= position]
+        if not found:
+            unknown_customer(ref)
+        loaded = facts(found, position) if kept is None else facts_with(found, position, *kept)
     if not loaded.book.adoptions:
         fail("no rule set has been adopted in this store", hint="run: channel-ledger init")
     return loaded
 
 
+class UnknownCustomer(CommandError):
+    """No customer is known by the ref a command was given."""
+
+
+def unknown_customer(ref: str) -> NoReturn:
+    raise UnknownCustomer(f"no customer known by {mask_ref(ref)}", hint="use a phone, WeChat id, platform user (douyin:123) or customer id (C-…)")
+
+
 def find_customer(f: Facts, ref: str) -> CustomerAttribution:
     customer = f.identity.lookup(ref)
     if customer is None:
-        fail(f"no customer known by {ref!r}", hint="use a phone, WeChat id, platform user (douyin:123) or customer id (C-…)")
+        unknown_customer(ref)
     found = f.attribution.of(customer)
     assert found is not None
     return found
@@ -90,7 +109,7 @@ def attribution_json(ca: CustomerAttribution, f: Facts, unmasked: bool) -> dict[
         keys = keys + f.identity.keys_of.get(m, [])
     return {
         "customer_id": ca.customer_id,
-        "keys": [k if unmasked else mask_key(k) for k in keys],
+        "keys": [k if unmasked else mask_key(k) for k in (f.identity.plain_key(k) or k for k in keys)],
         "merged_customers": merged,
         "source": None
         if s is None
@@ -182,29 +201,40 @@ def actors(event: LedgerEvent, f: Facts) -> str:
     return ""
 
 
+def decisions_by_event(ca: CustomerAttribution) -> dict[str, list[Decision]]:
+    by_event: dict[str, list[Decision]] = {}
+    for d in ca.decisions:
+        by_event.setdefault(d.event_id, []).append(d)
+    return by_event
+
+
+def trace_json(ca: CustomerAttribution, f: Facts, unmasked: bool) -> dict[str, Any]:
+    """``trace --json``: the attribution, and every event of the customer with its rule decisions."""
+    by_event = decisions_by_event(ca)
+    payload = attribution_json(ca, f, unmasked)
+    payload["events"] = [
+        {
+            "event_id": e.event_id,
+            "type": e.type,
+            "occurred_at": iso(e.occurred_at),
+            "what": describe(e),
+            "actors": actors(e, f),
+            "decisions": [decision_json(d) for d in by_event.get(e.event_id, [])],
+        }
+        for e in customer_events(f.events, f.identity, ca.customer_id)
+    ]
+    return payload
+
+
 @app.command()
 def trace(ref: RefArgument, store: StoreOption = None, json: JsonOption = False, unmasked: UnmaskedOption = False) -> None:
     """The evidence chain of one customer: every event in order, and each rule decision with its version."""
     f = load(store, ref)
     ca = find_customer(f, ref)
     mine = customer_events(f.events, f.identity, ca.customer_id)
-    by_event: dict[str, list[Decision]] = {}
-    for d in ca.decisions:
-        by_event.setdefault(d.event_id, []).append(d)
+    by_event = decisions_by_event(ca)
     if json:
-        payload = attribution_json(ca, f, unmasked)
-        payload["events"] = [
-            {
-                "event_id": e.event_id,
-                "type": e.type,
-                "occurred_at": iso(e.occurred_at),
-                "what": describe(e),
-                "actors": actors(e, f),
-                "decisions": [decision_json(d) for d in by_event.get(e.event_id, [])],
-            }
-            for e in mine
-        ]
-        emit_json(payload)
+        emit_json(trace_json(ca, f, unmasked))
         return
     stdout.print(f"trace of {ca.customer_id} · {len(mine)} events · ledger position {f.position} · rules {', '.join(f.rule_versions)}")
     for e in mine:

@@ -60,29 +60,42 @@ def _read_stream(name: str, stream: IO[bytes], fmt: str | None) -> Iterator[Sour
         yield from _read_jsonl(name, buffered)
 
 
+def read_body(name: str, data: bytes, fmt: str) -> Iterator[SourceLine]:
+    """The records of a body held in memory (an HTTP request): ``fmt`` is ``json`` (one JSON
+    document, which may span lines: it is record 1), ``jsonl`` or ``csv``."""
+    if fmt == "json":
+        if not data.strip():
+            yield SourceLine(name, 1, error="empty: no event")
+            return
+        yield _decode_json(name, 1, data.removeprefix(codecs.BOM_UTF8))
+        return
+    yield from _read_stream(name, io.BytesIO(data), fmt)
+
+
 def _read_jsonl(name: str, stream: IO[bytes]) -> Iterator[SourceLine]:
     for number, raw in enumerate(stream, start=1):
-        if len(raw) > MAX_LINE_BYTES:
-            yield SourceLine(name, number, error=f"line longer than {MAX_LINE_BYTES} bytes")
-            continue
         if number == 1:
             raw = raw.removeprefix(codecs.BOM_UTF8)
         if not raw.strip():
             continue
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError as error:
-            yield SourceLine(name, number, error=f"not UTF-8 (byte {error.start})")
-            continue
-        try:
-            obj = orjson.loads(text)
-        except orjson.JSONDecodeError as error:
-            yield SourceLine(name, number, error=f"not valid JSON: {str(error).split(':')[0]}")
-            continue
-        if raw.count(b"{") + raw.count(b"[") > MAX_DEPTH and _depth(obj) > MAX_DEPTH:
-            yield SourceLine(name, number, error=f"nested deeper than {MAX_DEPTH} levels")
-            continue
-        yield SourceLine(name, number, obj=obj)
+        yield _decode_json(name, number, raw)
+
+
+def _decode_json(name: str, number: int, raw: bytes) -> SourceLine:
+    """One JSON object (a line of JSON Lines, or a whole document) or the reason it is not one."""
+    if len(raw) > MAX_LINE_BYTES:
+        return SourceLine(name, number, error=f"line longer than {MAX_LINE_BYTES} bytes")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        return SourceLine(name, number, error=f"not UTF-8 (byte {error.start})")
+    try:
+        obj = orjson.loads(text)
+    except orjson.JSONDecodeError as error:
+        return SourceLine(name, number, error=f"not valid JSON: {str(error).split(':')[0]}")
+    if raw.count(b"{") + raw.count(b"[") > MAX_DEPTH and _depth(obj) > MAX_DEPTH:
+        return SourceLine(name, number, error=f"nested deeper than {MAX_DEPTH} levels")
+    return SourceLine(name, number, obj=obj)
 
 
 def _depth(obj: Any, level: int = 0) -> int:
