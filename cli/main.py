@@ -7,7 +7,7 @@ import sys
 import typer
 from rich.markup import escape
 
-from cli import attribution_cmds, demo_cmd, ingest_cmd, ops_cmds, projection_cmds, settle_cmds, store_cmds, verify_cmd
+from cli import attribution_cmds, demo_cmd, ingest_cmd, ops_cmds, privacy_cmd, projection_cmds, report_cmd, serve_cmd, settle_cmds, store_cmds, verify_cmd
 from cli.common import known_errors, stderr
 
 app = typer.Typer(
@@ -17,7 +17,7 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,  # locals can hold personal data
     add_completion=False,
 )
-for module in (store_cmds, ingest_cmd, attribution_cmds, demo_cmd, verify_cmd, ops_cmds, settle_cmds, projection_cmds):
+for module in (store_cmds, ingest_cmd, attribution_cmds, demo_cmd, verify_cmd, ops_cmds, settle_cmds, projection_cmds, report_cmd, serve_cmd, privacy_cmd):
     app.registered_commands.extend(module.app.registered_commands)
     app.registered_groups.extend(module.app.registered_groups)
 
