@@ -106,9 +106,12 @@ class Identity:
     # -- resolution ----------------------------------------------------------------------
 
     def resolve(self, person: Person, event: LedgerEvent) -> CustomerId:
-        keys = person.identity_keys()
-        if person._keys is not None and not person._withheld:
-            for plain, stored in zip(person.plain_identity_keys(), keys):
+        return self._resolve(_person_keys(person), event.event_id, canonical_key(event))
+
+    def _resolve(self, person: PersonKeys, event_id: str, key: tuple[datetime, str]) -> CustomerId:
+        keys, plain_keys = person
+        if plain_keys is not None:
+            for plain, stored in zip(plain_keys, keys):
                 self.stored_key_of[plain] = stored
                 self.plain_key_of[stored] = plain
         found: list[CustomerId] = []
@@ -119,17 +122,17 @@ class Identity:
                 if owner not in found:
                     found.append(owner)
         if not found:
-            customer = customer_id_for(event.event_id)
+            customer = customer_id_for(event_id)
             if customer in self.created_at:  # the same event resolving a second person (a merge)
-                customer = customer_id_for(event.event_id + "#2")
-            self.created_at[customer] = canonical_key(event)
+                customer = customer_id_for(event_id + "#2")
+            self.created_at[customer] = key
             self.keys_of[customer] = []
         else:
             found.sort(key=lambda c: self.created_at[c])
             customer = found[0]
             for other in found[1:]:
                 kinds = tuple(sorted({k.split(":", 1)[0].rstrip("?") for k in keys}))
-                self.merge_candidates.append(MergeCandidate(customer, other, event.event_id, event.occurred_at, kinds))
+                self.merge_candidates.append(MergeCandidate(customer, other, event_id, key[0], kinds))
         for key in keys:
             if key not in self.owner_of_key:
                 self.owner_of_key[key] = customer
@@ -138,34 +141,36 @@ class Identity:
 
     def observe(self, event: LedgerEvent) -> CustomerId | None:
         """Assign one event (in canonical order) to a customer; None for reference data."""
-        if isinstance(event, CustomersMerged):
-            survivor = self.resolve(event.survivor, event)
-            merged = self.resolve(event.merged, event)
+        return self.observe_touch(touch_of(event))
+
+    def observe_touch(self, touch: Touch) -> CustomerId | None:
+        """`observe` of what the fold needs of an event (`touch_of`)."""
+        if touch.merged:
+            survivor = self._resolve(touch.people[0], touch.event_id, touch.key)
+            merged = self._resolve(touch.people[1], touch.event_id, touch.key)
             survivor, merged = self.root(survivor), self.root(merged)
             if survivor != merged:
                 self.parent[merged] = survivor
-                self.merges.append((merged, survivor, event.event_id))
-            self.by_event[event.event_id] = survivor
+                self.merges.append((merged, survivor, touch.event_id))
+            self.by_event[touch.event_id] = survivor
             return survivor
-        person = event.person_ref
-        if person is not None:
-            customer = self.resolve(person, event)
-            if isinstance(event, OrderPaid):
-                self.by_reference.setdefault("order:" + event.order_id, customer)
-            elif isinstance(event, AssessmentBooked):
-                self.by_reference.setdefault("appointment:" + event.appointment_id, customer)
-            elif isinstance(event, TransferRequested):
-                self.by_reference.setdefault("ticket:" + event.ticket_id, customer)
-            self.by_event[event.event_id] = customer
+        if touch.people:
+            customer = self._resolve(touch.people[0], touch.event_id, touch.key)
+            if touch.defines is not None:
+                self.by_reference.setdefault(touch.defines, customer)
+            self.by_event[touch.event_id] = customer
             return customer
         return None
 
     def customer_of(self, event: LedgerEvent) -> CustomerId | None:
         """The (surviving) customer an event is about, after the fold; None for reference data."""
-        direct = self.by_event.get(event.event_id)
+        return self.customer_of_touch(event.event_id, reference_of(event))
+
+    def customer_of_touch(self, event_id: str, reference: str | None) -> CustomerId | None:
+        """`customer_of` by the event's id and the order, appointment or ticket it refers to."""
+        direct = self.by_event.get(event_id)
         if direct is not None:
             return self.root(direct)
-        reference = reference_of(event)
         if reference is None:
             return None
         customer = self.by_reference.get(reference)
@@ -203,6 +208,44 @@ def _phone_key(ref: str) -> str | None:
 
     phone, valid = normalise_phone(ref)
     return "phone:" + phone if valid else None
+
+
+PersonKeys = tuple[tuple[str, ...], tuple[str, ...] | None]  # identity keys; the plain ones behind hashes
+
+
+@dataclass(frozen=True, slots=True)
+class Touch:
+    """What the identity fold needs of an event — a few hundred bytes instead of the decoded
+    event, so a rebuild can fold identity over a whole ledger before it groups the events."""
+
+    event_id: str
+    key: tuple[datetime, str]  # canonical order
+    people: tuple[PersonKeys, ...]  # the person; a merge's survivor and merged
+    merged: bool = False
+    defines: str | None = None  # "order:<id>" … the reference this event creates
+    refers: str | None = None  # `reference_of`
+
+
+def _person_keys(person: Person) -> PersonKeys:
+    keys = person.identity_keys()
+    plain = person.plain_identity_keys() if person._keys is not None and not person._withheld else None
+    return keys, plain
+
+
+def touch_of(event: LedgerEvent) -> Touch:
+    if isinstance(event, CustomersMerged):
+        return Touch(event.event_id, canonical_key(event), (_person_keys(event.survivor), _person_keys(event.merged)), merged=True)
+    person = event.person_ref
+    if person is None:
+        return Touch(event.event_id, canonical_key(event), (), refers=reference_of(event))
+    defines = None
+    if isinstance(event, OrderPaid):
+        defines = "order:" + event.order_id
+    elif isinstance(event, AssessmentBooked):
+        defines = "appointment:" + event.appointment_id
+    elif isinstance(event, TransferRequested):
+        defines = "ticket:" + event.ticket_id
+    return Touch(event.event_id, canonical_key(event), (_person_keys(person),), defines=defines, refers=reference_of(event))
 
 
 def reference_of(event: LedgerEvent) -> str | None:

@@ -24,6 +24,8 @@ month's rows instead of the whole ledger.
 
 from __future__ import annotations
 
+import sys
+from array import array
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -32,9 +34,9 @@ from typing import Any
 import orjson
 
 from ledger.events import PolicyAdopted, SettlementClosed, parse_event
-from ledger.identity import index_terms, is_reference_data
+from ledger.identity import Identity, Touch, index_terms, is_reference_data, touch_of
 from ledger.store import LedgerStore, Recorded, StoreError
-from policies import RuleBook
+from policies import NoRulesInForce, RuleBook
 from projections.attribution import rule_book
 from projections.directory import Directory, build_directory
 from projections.settlement import Positioned, Statement
@@ -42,6 +44,7 @@ from projections.state import (
     Part,
     Reference,
     closures_of,
+    component_key_of,
     customer_parts,
     kept_statement,
     kept_statement_state,
@@ -128,22 +131,95 @@ class Projector:
     # -- rebuild -----------------------------------------------------------------------------
 
     def rebuild(self, progress: Progress | None = None) -> Refreshed:
-        """Drop the kept projections and recompute them from every event."""
+        """Drop the kept projections and recompute them from every event.
+
+        Two passes, so that memory follows what is kept, not the decoded history: the first
+        decodes every event but keeps only what the identity fold needs of it (`Touch`, a few
+        hundred bytes), the reference data and the closes; identity then gives every event its
+        component and where that component ends. The second reads the stored rows again, holds
+        each component's rows until its last one, and settles the component then."""
         tick = progress or (lambda stage, done, total: None)
         position = self.store.position()
-        recorded: list[Positioned] = []
+        touches: list[tuple[Touch, int]] = []
+        reference: list[Positioned] = []
+        closes: list[Positioned] = []
+        read = 0
         for r in self.store.read(upto=position):
-            recorded.append((r.position, r.event))
-            if len(recorded) % 10000 == 0:
-                tick("reading", len(recorded), position)
-        tick("reading", len(recorded), position)
-        parts, customers = self._fold(recorded, position, tick)
-        kept = _kept_from(position, recorded)
+            event = r.event
+            if isinstance(event, SettlementClosed):
+                closes.append((r.position, event))
+            elif is_reference_data(event):
+                reference.append((r.position, event))
+            else:
+                touches.append((_compact(touch_of(event)), r.position))
+            read += 1
+            if read % 10000 == 0:
+                tick("reading", read, position)
+        touches.sort(key=lambda tp: tp[0].key)
+        identity = Identity()
+        for touch, _ in touches:
+            identity.observe_touch(touch)
+        component = array("l", [-1]) * (position + 1)  # position -> component number
+        names: list[str] = []
+        numbers: dict[str, int] = {}
+        last: list[int] = []  # component number -> its last position
+        for touch, at in touches:
+            key = component_key_of(identity, touch.event_id, touch.refers)
+            n = numbers.setdefault(key, len(names))
+            if n == len(names):
+                names.append(key)
+                last.append(at)
+            component[at] = n
+            last[n] = max(last[n], at)
+        del touches, identity, numbers
+        refs = Reference(reference)
+        parts: dict[tuple[str, str], bytes] = {}
+        waiting: dict[int, list[tuple[int, str, bytes]]] = {}
+        settled = 0
+        for row in self.store.read_raw(upto=position):
+            n = component[row[0]]
+            if n < 0:
+                continue
+            rows = waiting.setdefault(n, [])
+            rows.append((row[0], sys.intern(row[1]), row[2]))  # a topic string per row adds up
+            if row[0] == last[n]:
+                recorded = [(r.position, r.event) for r in self.store.decode(waiting.pop(n))]
+                for month, part in customer_parts(recorded, closes, refs, position).items():
+                    parts[(names[n], month)] = orjson.dumps(part.state())
+                settled += 1
+                if settled % 2000 == 0:
+                    tick("settling customers", settled, len(names))
+        tick("settling customers", settled, len(names))
+        del component, waiting
+        kept = _kept_from(position, [*reference, *closes])
+        statements = self._merged(kept, parts, tick)
         with self.tables.writing() as w:
             w.clear()
             w.put_parts(parts)
             w.put_header(SETTLEMENT, None, kept.position, kept.state())
-        return Refreshed("rebuild", position, len(recorded), customers, len(parts))
+            for month, (summary, lines) in statements.items():
+                w.put_statement(month, summary, lines, kept.position)
+        return Refreshed("rebuild", position, read, settled, len(parts))
+
+    @staticmethod
+    def _merged(kept: Kept, parts: dict[tuple[str, str], bytes], tick: Progress) -> dict[str, tuple[bytes, bytes]]:
+        """Every month's statement merged from fresh parts, to keep with them: after a rebuild
+        no `settle` has to merge. A month a rule set does not cover is left to refuse when asked."""
+        by_month: dict[str, list[bytes]] = {}
+        for (_, month), state in parts.items():
+            by_month.setdefault(month, []).append(state)
+        closes, book = closures_of(kept.closes), Reference(kept.policies)
+        out: dict[str, tuple[bytes, bytes]] = {}
+        for n, month in enumerate(sorted(by_month), start=1):
+            tick("merging statements", n, len(by_month))
+            month_parts = [Part.from_state(orjson.loads(state)) for state in by_month[month]]  # one month at a time
+            try:
+                statement = statement_from_parts(month, month_parts, reference=book, closes=closes, position=kept.position)
+            except NoRulesInForce:
+                continue
+            summary, lines = kept_statement_state(statement)
+            out[month] = (orjson.dumps(summary), lines)
+        return out
 
     def _fold(self, recorded: list[Positioned], position: int, tick: Progress, closes: Iterable[Positioned] | None = None, reference: Reference | None = None) -> tuple[dict[tuple[str, str], bytes], int]:
         layout, _ = split(recorded)
@@ -198,9 +274,7 @@ class Projector:
             parts, customers = self._fold(recorded, position, tick, closes=closes, reference=self.reference())
             # The rows these customers were kept under: their components as they stood at the
             # kept position (a late earlier lead renames a customer; a new link merges two).
-            before = [(p, e) for p, e in recorded if p <= kept.position]
-            _, identity = split(before)
-            stale = superseded_keys(identity, (e for _, e in before))
+            stale = superseded_keys(e for p, e in recorded if p <= kept.position)
         header = Kept(position, tuple(closes), kept.policies, kept.directory)
         with self.tables.writing() as w:
             w.put_header(SETTLEMENT, kept.position, header.position, header.state())
@@ -236,6 +310,16 @@ class Projector:
         if kept is None or max(self.store.find(["d:"]), default=0) > kept.position:
             return None
         return kept.book, kept.directory
+
+
+def _compact(touch: Touch) -> Touch:
+    """A touch with its identity keys and references interned: a customer's keys recur in each
+    of its events, and a rebuild holds a touch for every event."""
+    people = tuple((tuple(map(sys.intern, keys)), None if plain is None else tuple(map(sys.intern, plain))) for keys, plain in touch.people)
+    return Touch(
+        touch.event_id, touch.key, people, touch.merged,
+        sys.intern(touch.defines) if touch.defines else None, sys.intern(touch.refers) if touch.refers else None,
+    )
 
 
 def _kept_from(position: int, recorded: list[Positioned]) -> Kept:

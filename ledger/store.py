@@ -347,6 +347,10 @@ class LedgerStore:
                 rows = []
         yield from self._recorded(rows)
 
+    def decode(self, rows: Sequence[tuple[int, str, bytes]]) -> list[Recorded]:
+        """Rows read with `read_raw`, decoded as `read` decodes them (sealed ones opened)."""
+        return list(self._recorded(rows))
+
     def _recorded(self, rows: Sequence[tuple[int, str, bytes]]) -> Iterator[Recorded]:
         """Decode (position, topic, state) rows of source events, opening sealed ones."""
         keys = self.data_keys(rows)

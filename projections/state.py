@@ -32,7 +32,7 @@ from typing import Any
 import orjson
 
 from ledger.events import LedgerEvent, SettlementClosed
-from ledger.identity import Identity, canonical_key, is_reference_data, reference_of
+from ledger.identity import Identity, canonical_key, customer_id_for, is_reference_data, reference_of
 from policies import NoRulesInForce, RuleBook
 from policies.commission import ADJUSTMENTS, BASES, PARTS, ZERO, Line, rate_text
 from projections.attribution import rule_book
@@ -86,18 +86,27 @@ class Split:
 def component_key(identity: Identity, event: LedgerEvent) -> str:
     """The component an event belongs to: its (surviving) customer; an event that refers to an
     order, appointment or ticket nobody has yet stays with that reference; anything else alone."""
-    customer = identity.customer_of(event)
+    return component_key_of(identity, event.event_id, reference_of(event))
+
+
+def component_key_of(identity: Identity, event_id: str, reference: str | None) -> str:
+    """`component_key` by the event's id and the reference it makes (`Touch.refers`)."""
+    customer = identity.customer_of_touch(event_id, reference)
     if customer is not None:
         return customer
-    reference = reference_of(event)
-    return "ref:" + reference if reference is not None else "event:" + event.event_id
+    return "ref:" + reference if reference is not None else "event:" + event_id
 
 
-def superseded_keys(identity: Identity, events: Iterable[LedgerEvent]) -> set[str]:
-    """Every component key a refolded set of events may have been stored under before: the
-    customers now merged into others, and references that had no owner yet."""
-    keys = set(identity.created_at)
+def superseded_keys(events: Iterable[LedgerEvent]) -> set[str]:
+    """Every component key a set of events (whole components) may have been kept under: a
+    customer id is made from the id of the event that created the customer, so the ids every
+    event *could* have created cover the customers they formed before — renamed by a late
+    earlier lead or merged since — without refolding them; plus references that had no owner
+    yet. (Keys nobody holds are harmless to delete; keys of other components cannot appear.)"""
+    keys: set[str] = set()
     for event in events:
+        keys.add(customer_id_for(event.event_id))
+        keys.add(customer_id_for(event.event_id + "#2"))
         reference = reference_of(event)
         keys.add("ref:" + reference if reference is not None else "event:" + event.event_id)
     return keys
