@@ -13,53 +13,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
-import sys
-import tempfile
 import time
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from ledger.demo import EVENTS_PER_CUSTOMER, write_jsonl  # noqa: E402
-
-DEFAULT_PG = "postgresql://root@/test?host=/var/run/postgresql"
-
-
-@dataclass(frozen=True)
-class Measured:
-    seconds: float
-    peak_rss_mib: float
-    returncode: int
-    stdout: bytes
-
-
-def run_measured(args: list[str]) -> Measured:
-    """Run a child process; its wall time and peak RSS (ru_maxrss of that child alone)."""
-    started = time.perf_counter()
-    child = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd=ROOT)
-    out = child.stdout.read() if child.stdout else b""
-    _, status, usage = os.wait4(child.pid, 0)
-    child.returncode = os.waitstatus_to_exitcode(status)
-    return Measured(time.perf_counter() - started, usage.ru_maxrss / 1024, child.returncode, out)
-
-
-def cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "cli.main", *args]
-
-
-def demo_file(events: int, seed: int, directory: Path) -> tuple[Path, int]:
-    customers = max(1, round(events / EVENTS_PER_CUSTOMER))
-    path = directory / f"demo-{customers}-{seed}.jsonl"
-    if not path.exists():
-        with path.open("w", encoding="utf-8") as sink:
-            write_jsonl(sink, seed=seed, customers=customers)
-    with path.open("rb") as f:
-        lines = sum(1 for _ in f)
-    return path, lines
+from harness import DEFAULT_PG, DEFAULT_WORKDIR, PG_ENV, cli, demo_file, run_measured, scratch_store, with_schema
 
 
 def copy_reference(path: Path, pg_base: str) -> float:
@@ -69,7 +27,7 @@ def copy_reference(path: Path, pg_base: str) -> float:
     from ledger.store import parse_store_url, pg_connect_args
 
     schema = "bench_ref_" + uuid.uuid4().hex[:8]
-    env = parse_store_url(f"{pg_base}{'&' if '?' in pg_base else '?'}schema={schema}").env
+    env = parse_store_url(with_schema(pg_base, schema)).env
     with psycopg.connect(**pg_connect_args(env), autocommit=True) as conn:
         conn.execute(f'CREATE SCHEMA "{schema}"')
         conn.execute(f'CREATE TABLE "{schema}".raw (doc jsonb)')
@@ -83,21 +41,15 @@ def copy_reference(path: Path, pg_base: str) -> float:
             conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
 
 
-def store_for(backend: str, directory: Path, pg_base: str) -> tuple[str, str | None]:
-    if backend == "sqlite":
-        return f"sqlite:///{directory / ('bench-' + uuid.uuid4().hex[:8] + '.db')}", None
-    schema = "bench_" + uuid.uuid4().hex[:8]
-    return f"{pg_base}{'&' if '?' in pg_base else '?'}schema={schema}", schema
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--events", type=int, default=1_000_000, help="about this many demo events")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--backends", default="sqlite,postgresql")
-    parser.add_argument("--pg", default=os.environ.get("CHANNEL_LEDGER_TEST_POSTGRES", DEFAULT_PG))
-    parser.add_argument("--dir", type=Path, default=Path(tempfile.gettempdir()) / "channel-ledger-bench")
+    parser.add_argument("--pg", default=os.environ.get(PG_ENV, DEFAULT_PG))
+    parser.add_argument("--dir", type=Path, default=DEFAULT_WORKDIR)
     options = parser.parse_args()
+    options.dir = options.dir.resolve()
     options.dir.mkdir(parents=True, exist_ok=True)
 
     started = time.perf_counter()
@@ -111,8 +63,7 @@ def main() -> int:
 
     print(f"{'backend':<11} {'events':>10} {'seconds':>8} {'events/s':>10} {'peak RSS':>10} {'× COPY':>7}")
     for backend in options.backends.split(","):
-        url, schema = store_for(backend, options.dir, options.pg)
-        try:
+        with scratch_store(backend, options.dir, options.pg) as url:
             init = run_measured(cli("init", "--store", url))
             assert init.returncode == 0, "init failed"
             done = run_measured(cli("ingest", str(path), "--store", url, "--json"))
@@ -121,14 +72,6 @@ def main() -> int:
                 continue
             ratio = f"{done.seconds / reference:.1f}" if reference else "—"
             print(f"{backend:<11} {lines:>10,} {done.seconds:>8.1f} {lines / done.seconds:>10,.0f} {done.peak_rss_mib:>7,.0f} MiB {ratio:>7}", flush=True)
-        finally:
-            if schema:
-                from ledger.store import reset_store
-
-                reset_store(url)
-            elif url.startswith("sqlite:///"):
-                for suffix in ("", "-wal", "-shm"):
-                    Path(url.removeprefix("sqlite:///") + suffix).unlink(missing_ok=True)
     return 0
 
 
