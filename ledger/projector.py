@@ -307,7 +307,7 @@ class Projector:
         """The rule book and reference data as kept — if no rule set or reference data was
         recorded since (then a query must read them from the events)."""
         kept = self.kept()
-        if kept is None or max(self.store.find(["d:"]), default=0) > kept.position:
+        if kept is None or self.store.newest("d:") > kept.position:
             return None
         return kept.book, kept.directory
 
@@ -472,6 +472,9 @@ class _PostgresTables:
         self.parts_table = f'"{schema}".{PART_TABLE}'
         self.statement_table = f'"{schema}".{STATEMENT_TABLE}'
         with self.datastore.get_connection() as conn, conn.transaction(), conn.cursor() as curs:
+            curs.execute("SELECT to_regclass(%s) IS NOT NULL AS made", (self.statement_table,))
+            if curs.fetchone()["made"]:
+                return  # one round trip per command, not a lock and four DDL statements
             curs.execute("SELECT pg_advisory_xact_lock(hashtext('channel_ledger_projection_ddl'))")
             for statement in self.ddl():
                 curs.execute(statement)

@@ -418,6 +418,11 @@ class LedgerStore:
                 found.update(self.backend.positions(wanted[i : i + CHUNK_EVENTS]))
         return found
 
+    def newest(self, term: str) -> int:
+        """The highest position the secondary index files under ``term`` (0: none)."""
+        with _translated(self):
+            return int(self.backend.newest(term))
+
     def read_at(self, positions: Iterable[int]) -> list[Recorded]:
         """The source events at these positions, in ledger order."""
         wanted = sorted(set(positions))
@@ -623,6 +628,11 @@ class _SqliteBackend:
             c.execute(f"SELECT position FROM {INDEX_TABLE} WHERE term IN ({marks})", terms)
             return [r[0] for r in c.fetchall()]
 
+    def newest(self, term: str) -> int:
+        with self.recorder.datastore.transaction(commit=False) as c:
+            c.execute(f"SELECT MAX(position) FROM {INDEX_TABLE} WHERE term = ?", (term,))
+            return c.fetchone()[0] or 0
+
     def insert(
         self, chunks: Iterable[list[StoredEvent]], terms: list[tuple[str, ...]], data_keys: Sequence[tuple[int, str, bytes]] = (), key_check: str | None = None
     ) -> list[list[int]]:
@@ -713,6 +723,11 @@ class _PostgresBackend:
         with self.recorder.datastore.get_connection() as conn, conn.cursor() as curs:
             curs.execute(f"SELECT position FROM {self.index} WHERE term = ANY(%s)", (terms,))
             return [r["position"] for r in curs.fetchall()]
+
+    def newest(self, term: str) -> int:
+        with self.recorder.datastore.get_connection() as conn, conn.cursor() as curs:
+            curs.execute(f"SELECT MAX(position) AS newest FROM {self.index} WHERE term = %s", (term,))
+            return curs.fetchone()["newest"] or 0
 
     def insert(
         self, chunks: Iterable[list[StoredEvent]], terms: list[tuple[str, ...]], data_keys: Sequence[tuple[int, str, bytes]] = (), key_check: str | None = None
