@@ -141,6 +141,7 @@ class Projector:
         tick = progress or (lambda stage, done, total: None)
         position = self.store.position()
         touches: list[tuple[Touch, int]] = []
+        shared: dict[Any, Any] = {}
         reference: list[Positioned] = []
         closes: list[Positioned] = []
         read = 0
@@ -151,7 +152,7 @@ class Projector:
             elif is_reference_data(event):
                 reference.append((r.position, event))
             else:
-                touches.append((_compact(touch_of(event)), r.position))
+                touches.append((_compact(touch_of(event), shared), r.position))
             read += 1
             if read % 10000 == 0:
                 tick("reading", read, position)
@@ -171,7 +172,7 @@ class Projector:
                 last.append(at)
             component[at] = n
             last[n] = max(last[n], at)
-        del touches, identity, numbers
+        del touches, identity, numbers, shared
         refs = Reference(reference)
         parts: dict[tuple[str, str], bytes] = {}
         waiting: dict[int, list[tuple[int, str, bytes]]] = {}
@@ -192,34 +193,33 @@ class Projector:
         tick("settling customers", settled, len(names))
         del component, waiting
         kept = _kept_from(position, [*reference, *closes])
-        statements = self._merged(kept, parts, tick)
+        count = len(parts)
         with self.tables.writing() as w:
             w.clear()
             w.put_parts(parts)
             w.put_header(SETTLEMENT, None, kept.position, kept.state())
-            for month, (summary, lines) in statements.items():
-                w.put_statement(month, summary, lines, kept.position)
-        return Refreshed("rebuild", position, read, settled, len(parts))
+            self._keep_merged(w, kept, parts, tick)
+        return Refreshed("rebuild", position, read, settled, count)
 
     @staticmethod
-    def _merged(kept: Kept, parts: dict[tuple[str, str], bytes], tick: Progress) -> dict[str, tuple[bytes, bytes]]:
-        """Every month's statement merged from fresh parts, to keep with them: after a rebuild
-        no `settle` has to merge. A month a rule set does not cover is left to refuse when asked."""
+    def _keep_merged(w: _Writer, kept: Kept, parts: dict[tuple[str, str], bytes], tick: Progress) -> None:
+        """Merge and keep every month's statement from fresh parts, so no `settle` after a
+        rebuild has to merge — one month at a time, letting each month's parts go once kept.
+        A month no rule set covers is left to refuse when asked."""
         by_month: dict[str, list[bytes]] = {}
         for (_, month), state in parts.items():
             by_month.setdefault(month, []).append(state)
+        parts.clear()
         closes, book = closures_of(kept.closes), Reference(kept.policies)
-        out: dict[str, tuple[bytes, bytes]] = {}
         for n, month in enumerate(sorted(by_month), start=1):
             tick("merging statements", n, len(by_month))
-            month_parts = [Part.from_state(orjson.loads(state)) for state in by_month[month]]  # one month at a time
+            month_parts = [Part.from_state(orjson.loads(state)) for state in by_month.pop(month)]
             try:
                 statement = statement_from_parts(month, month_parts, reference=book, closes=closes, position=kept.position)
             except NoRulesInForce:
                 continue
             summary, lines = kept_statement_state(statement)
-            out[month] = (orjson.dumps(summary), lines)
-        return out
+            w.put_statement(month, orjson.dumps(summary), lines, kept.position)
 
     def _fold(self, recorded: list[Positioned], position: int, tick: Progress, closes: Iterable[Positioned] | None = None, reference: Reference | None = None) -> tuple[dict[tuple[str, str], bytes], int]:
         layout, _ = split(recorded)
@@ -312,10 +312,12 @@ class Projector:
         return kept.book, kept.directory
 
 
-def _compact(touch: Touch) -> Touch:
+def _compact(touch: Touch, shared: dict[Any, Any]) -> Touch:
     """A touch with its identity keys and references interned: a customer's keys recur in each
-    of its events, and a rebuild holds a touch for every event."""
+    of its events, and a rebuild holds a touch for every event (``shared``: one copy of each
+    distinct people tuple)."""
     people = tuple((tuple(map(sys.intern, keys)), None if plain is None else tuple(map(sys.intern, plain))) for keys, plain in touch.people)
+    people = shared.setdefault(people, people)
     return Touch(
         touch.event_id, touch.key, people, touch.merged,
         sys.intern(touch.defines) if touch.defines else None, sys.intern(touch.refers) if touch.refers else None,
