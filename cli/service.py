@@ -54,6 +54,7 @@ from ledger.events import BY_TYPE, SOURCE_TYPES
 from ledger.identity import customer_id_for, index_terms
 from ledger.ingest import IngestReport, ingest_whole
 from ledger.neighbourhood import neighbourhood
+from ledger.projector import Projector
 from ledger.recording import RecordState
 from ledger.sources import SourceLine, read_body
 from ledger.store import STORE_ENV, LedgerStore, StoreError, WriteConflict, store_url_from
@@ -61,7 +62,6 @@ from policies import NoRulesInForce, RuleSet, default_rules
 from projections.attribution import CustomerAttribution, rule_book
 from projections.liability import liability
 from projections.pipeline import Facts, facts
-from projections.settlement import Settlement
 
 MAX_BODY_BYTES = 16 * 1024 * 1024
 """A request body larger than this is refused (413): send a larger file in several requests."""
@@ -544,11 +544,8 @@ def create_app(store_url: str | None, sources: tuple[Source, ...], *, clock: Cal
         _source: Annotated[Source, Depends(reader)],
     ) -> Response:
         """``settle --month M --json``: the month's statement (SPEC §6); a closed month as it was closed."""
-        store = service.store
-        position = store.position()
-        settlement = Settlement([(r.position, r.event) for r in store.read(upto=position)], position=position)
-        statement = settlement.statement(month)
-        return LedgerJSON(statement_json(statement, settlement.commission().attribution.directory))
+        statement, directory = Projector(service.store).statement(month)  # the kept projection, refreshed
+        return LedgerJSON(statement_json(statement, directory))
 
     @app.get("/liability", response_model=dict[str, Any], responses=READ_RESPONSES, tags=["reads"], dependencies=[Depends(only_query("as_of", "months"))])
     def get_liability(

@@ -115,9 +115,9 @@ def settle(
         fail(f"--out {out}: the file name must end in .parquet or .csv (or be '-' for CSV on stdout)")
     what_if_rules = load_rules(rules_file) if rules_file is not None else None
     if what_if_rules is None:  # the kept projection, refreshed: reads only what is new
-        with opened_store(store) as ledger:
+        with opened_store(store) as ledger:  # open while showing: the lines are fetched if shown
             statement, directory = Projector(ledger).statement(month)
-        _show_statement(statement, directory, out, json, lines, payee)
+            _show_statement(statement, directory, out, json, lines, payee)
         return
     with opened_store(store) as ledger:
         recorded, position, _ = load_ledger(ledger)

@@ -292,10 +292,17 @@ class Projector:
         kept = self.kept()
         assert kept is not None
         closes = closures_of(kept.closes)
-        cached = self.tables.statement(month)
-        if cached is not None:
-            summary, lines = cached
-            return kept_statement(month, orjson.loads(summary), lines, closes=closes, position=kept.position), kept.directory
+        summary = self.tables.statement(month)
+        if summary is not None:
+            state = orjson.loads(summary)
+
+            def lines() -> bytes:  # fetched only if someone reads the lines (while the store is open)
+                found = self.tables.statement_lines(month, summary)
+                if found is None:
+                    raise StoreError(f"the statement of {month} changed while it was being read; run the command again")
+                return found
+
+            return kept_statement(month, state, lines, closes=closes, position=kept.position), kept.directory
         parts = [Part.from_state(orjson.loads(state)) for state in self.tables.parts(month)]
         statement = statement_from_parts(month, parts, reference=Reference(kept.policies), closes=closes, position=kept.position)
         with self.tables.writing() as w:  # kept for the next reader, unless a refresh moved on meanwhile
@@ -437,11 +444,18 @@ class _SqliteTables:
             c.execute(f"SELECT state FROM {PART_TABLE} WHERE month = ? ORDER BY component", (month,))
             return [bytes(r[0]) for r in c.fetchall()]
 
-    def statement(self, month: str) -> tuple[bytes, bytes] | None:
+    def statement(self, month: str) -> bytes | None:
         with self.datastore.transaction(commit=False) as c:
-            c.execute(f"SELECT state, lines FROM {STATEMENT_TABLE} WHERE month = ?", (month,))
+            c.execute(f"SELECT state FROM {STATEMENT_TABLE} WHERE month = ?", (month,))
             row = c.fetchone()
-        return (bytes(row[0]), bytes(row[1])) if row else None
+        return bytes(row[0]) if row else None
+
+    def statement_lines(self, month: str, state: bytes) -> bytes | None:
+        """The kept statement's lines — if it is still the one whose summary is ``state``."""
+        with self.datastore.transaction(commit=False) as c:
+            c.execute(f"SELECT lines FROM {STATEMENT_TABLE} WHERE month = ? AND state = ?", (month, state))
+            row = c.fetchone()
+        return bytes(row[0]) if row else None
 
     @contextmanager
     def writing(self) -> Iterator[_Writer]:
@@ -500,11 +514,18 @@ class _PostgresTables:
             curs.execute(f"SELECT state FROM {self.parts_table} WHERE month = %s ORDER BY component", (month,))
             return [bytes(r["state"]) for r in curs.fetchall()]
 
-    def statement(self, month: str) -> tuple[bytes, bytes] | None:
+    def statement(self, month: str) -> bytes | None:
         with self.datastore.get_connection() as conn, conn.cursor() as curs:
-            curs.execute(f"SELECT state, lines FROM {self.statement_table} WHERE month = %s", (month,))
+            curs.execute(f"SELECT state FROM {self.statement_table} WHERE month = %s", (month,))
             row = curs.fetchone()
-        return (bytes(row["state"]), bytes(row["lines"])) if row else None
+        return bytes(row["state"]) if row else None
+
+    def statement_lines(self, month: str, state: bytes) -> bytes | None:
+        """The kept statement's lines — if it is still the one whose summary is ``state``."""
+        with self.datastore.get_connection() as conn, conn.cursor() as curs:
+            curs.execute(f"SELECT lines FROM {self.statement_table} WHERE month = %s AND state = %s", (month, state))
+            row = curs.fetchone()
+        return bytes(row["lines"]) if row else None
 
     @contextmanager
     def writing(self) -> Iterator[_Writer]:

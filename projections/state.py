@@ -23,7 +23,7 @@ Pure: no I/O, no clock. The store side (what is kept where, and when it is refre
 from __future__ import annotations
 
 from bisect import bisect_right
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
@@ -261,16 +261,21 @@ class KeptLines(Sequence[Line]):
     """A kept statement's lines, decoded only when someone reads them (totals, the digest and
     the counts are kept beside them, so the usual statement view never decodes a line)."""
 
-    def __init__(self, states: bytes, count: int, adjustments: int):
-        self.raw = states  # orjson of the `line_state` lists
-        self._states = states
+    def __init__(self, states: bytes | Callable[[], bytes], count: int, adjustments: int):
+        self._states = states  # orjson of the `line_state` lists, or how to fetch them
         self._lines: tuple[Line, ...] | None = None
         self.count = count
         self.adjustments = adjustments  # how many lines adjust closed months
 
+    @property
+    def raw(self) -> bytes:
+        if callable(self._states):
+            self._states = self._states()
+        return self._states
+
     def _decoded(self) -> tuple[Line, ...]:
         if self._lines is None:
-            self._lines = tuple(line_of(s) for s in orjson.loads(self._states))
+            self._lines = tuple(line_of(s) for s in orjson.loads(self.raw))
         return self._lines
 
     def __len__(self) -> int:
@@ -308,7 +313,7 @@ def kept_statement_state(statement: Statement) -> tuple[dict[str, Any], bytes]:
     }, statement.lines.raw if isinstance(statement.lines, KeptLines) else orjson.dumps([line_state(line) for line in statement.lines])
 
 
-def kept_statement(month: str, state: dict[str, Any], lines: bytes, *, closes: dict[str, Closure], position: int) -> Statement:
+def kept_statement(month: str, state: dict[str, Any], lines: bytes | Callable[[], bytes], *, closes: dict[str, Closure], position: int) -> Statement:
     """A kept statement read back as of ``position`` (the inverse of `kept_statement_state`)."""
     closure = closes.get(month)
     totals = tuple(PayeeTotal(p, Decimal(s), Decimal(d), Decimal(f)) for p, s, d, f in state["totals"])
