@@ -222,7 +222,7 @@ class Projector:
             w.put_statement(month, orjson.dumps(summary), lines, kept.position)
 
     def _fold(self, recorded: list[Positioned], position: int, tick: Progress, closes: Iterable[Positioned] | None = None, reference: Reference | None = None) -> tuple[dict[tuple[str, str], bytes], int]:
-        layout, _ = split(recorded)
+        layout = split(recorded)
         reference = reference or Reference(layout.reference)
         closes = list(closes) if closes is not None else layout.closes
         parts: dict[tuple[str, str], bytes] = {}

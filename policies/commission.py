@@ -117,16 +117,7 @@ class Line:
         return (self.adjustment_of or "", self.adjustment or "", self.event_id, self.sku, self.part, self.basis)
 
     def sort_key(self) -> tuple[Any, ...]:
-        return (
-            self.adjustment_of or "",
-            self.recognised_at,
-            self.event_id,
-            self.sku,
-            PARTS.index(self.part),
-            BASES.index(self.basis),
-            ADJUSTMENTS.index(self.adjustment),
-            self.payee,
-        )
+        return line_sort_key(self.adjustment_of, self.recognised_at, self.event_id, self.sku, self.part, self.basis, self.adjustment, self.payee)
 
     def adjusting(self, month: str, kind: Literal["added", "reversed"]) -> Line:
         """This line as an adjustment of closed ``month`` (negated when ``reversed``)."""
@@ -135,26 +126,45 @@ class Line:
 
     def as_json(self) -> dict[str, Any]:
         """The line's canonical JSON form (SPEC §9 keys, money as two-decimal strings)."""
-        return {
-            "payee": self.payee,
-            "part": self.part,
-            "basis": self.basis,
-            "base": f"{self.base:.2f}",
-            "rate": rate_text(self.rate),
-            "amount": f"{self.amount:.2f}",
-            "customer_id": self.customer_id,
-            "order_id": self.order_id,
-            "sku": self.sku,
-            "product_class": self.product_class,
-            "event_id": self.event_id,
-            "recognised_at": self.recognised_at.isoformat(),
-            "date": self.day.isoformat(),
-            "rule": self.rule,
-            "rule_version": self.rule_version,
-            "channel_id": self.channel_id,
-            "adjustment_of": self.adjustment_of,
-            "adjustment": self.adjustment,
-        }
+        values = {name: getattr(self, name) for name in LINE_FIELDS}
+        values["recognised_at"], values["day"] = self.recognised_at.isoformat(), self.day.isoformat()
+        return line_json(values)
+
+
+LINE_FIELDS: tuple[str, ...] = tuple(Line.__dataclass_fields__)
+
+
+def line_sort_key(
+    adjustment_of: str | None, moment: Any, event_id: str, sku: str, part: str, basis: str, adjustment: str | None, payee: str
+) -> tuple[Any, ...]:
+    """A line's place in a statement (`Line.sort_key`; ``moment`` is when it was recognised, as
+    anything that orders instants — a datetime, or microseconds since the epoch)."""
+    return (adjustment_of or "", moment, event_id, sku, PARTS.index(part), BASES.index(basis), ADJUSTMENTS.index(adjustment), payee)
+
+
+def line_json(values: dict[str, Any]) -> dict[str, Any]:
+    """The canonical JSON form of a line from its field values (`LINE_FIELDS`; money and rate as
+    Decimals, ``recognised_at`` and ``day`` already in ISO form) — what statement digests cover."""
+    return {
+        "payee": values["payee"],
+        "part": values["part"],
+        "basis": values["basis"],
+        "base": f"{values['base']:.2f}",
+        "rate": rate_text(values["rate"]),
+        "amount": f"{values['amount']:.2f}",
+        "customer_id": values["customer_id"],
+        "order_id": values["order_id"],
+        "sku": values["sku"],
+        "product_class": values["product_class"],
+        "event_id": values["event_id"],
+        "recognised_at": values["recognised_at"],
+        "date": values["day"],
+        "rule": values["rule"],
+        "rule_version": values["rule_version"],
+        "channel_id": values["channel_id"],
+        "adjustment_of": values["adjustment_of"],
+        "adjustment": values["adjustment"],
+    }
 
 
 def _line(

@@ -457,10 +457,15 @@ def digest_of(content: dict[str, Any]) -> str:
 
 def payee_totals(lines: Iterable[Line]) -> tuple[PayeeTotal, ...]:
     """Per payee and part, sums of rounded lines (adjustments included), sorted by payee."""
+    return totals_of((line.payee, line.part, line.amount) for line in lines)
+
+
+def totals_of(amounts: Iterable[tuple[str, str, Decimal]]) -> tuple[PayeeTotal, ...]:
+    """`payee_totals` of (payee, part, amount) triples."""
     sums: dict[str, dict[str, Decimal]] = {}
-    for line in lines:
-        parts = sums.setdefault(line.payee, {"source": ZERO, "deal": ZERO, "fulfillment": ZERO})
-        parts[line.part] += line.amount
+    for payee, part, amount in amounts:
+        parts = sums.setdefault(payee, {"source": ZERO, "deal": ZERO, "fulfillment": ZERO})
+        parts[part] += amount
     return tuple(PayeeTotal(p, s["source"], s["deal"], s["fulfillment"]) for p, s in sorted(sums.items()))
 
 

@@ -34,7 +34,7 @@ import orjson
 from ledger.events import LedgerEvent, SettlementClosed
 from ledger.identity import Identity, canonical_key, customer_id_for, is_reference_data, reference_of
 from policies import NoRulesInForce, RuleBook
-from policies.commission import ADJUSTMENTS, BASES, PARTS, ZERO, Line, rate_text
+from policies.commission import LINE_FIELDS, Line, line_json, line_sort_key
 from projections.attribution import rule_book
 from projections.directory import Directory, build_directory
 from projections.settlement import (
@@ -49,6 +49,7 @@ from projections.settlement import (
     content_of,
     digest_of,
     month_first_day,
+    totals_of,
 )
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -112,7 +113,7 @@ def superseded_keys(events: Iterable[LedgerEvent]) -> set[str]:
     return keys
 
 
-def split(recorded: Iterable[Positioned]) -> tuple[Split, Identity]:
+def split(recorded: Iterable[Positioned]) -> Split:
     """Reference data, closes and customer components of a ledger (any order in)."""
     out = Split()
     facts: list[Positioned] = []
@@ -130,7 +131,7 @@ def split(recorded: Iterable[Positioned]) -> tuple[Split, Identity]:
         identity.observe(event)
     for pe in facts:
         out.components.setdefault(component_key(identity, pe[1]), []).append(pe)
-    return out, identity
+    return out
 
 
 # --- one customer's share of each month --------------------------------------------------------
@@ -240,7 +241,7 @@ def statement_from_parts(month: str, parts: Iterable[Part], *, reference: Refere
     # Lines stay plain data: sorted, totalled and hashed as `Line` would be, decoded only if read.
     states = sorted((state for p in parts for state in p.lines), key=_state_sort_key)
     findings = sorted((f for p in parts for f in p.findings), key=lambda f: f[0])
-    totals = _state_totals(states)
+    totals = totals_of((state[_PAYEE], state[_PART], Decimal(state[_AMOUNT])) for state in states)
     versions = Settlement.versions_used(book, month, {state[_RULE_VERSION] for state in states})
     digest = digest_of(content_of(month, versions, [_state_json(state) for state in states], totals))
     adjusting = sum(1 for state in states if state[_ADJUSTMENT_OF])
@@ -330,14 +331,13 @@ def kept_statement(month: str, state: dict[str, Any], lines: bytes | Callable[[]
 
 # --- plain data -------------------------------------------------------------------------------------
 
-_LINE_FIELDS = tuple(Line.__dataclass_fields__)
 _DECIMALS = {"base", "rate", "amount"}
 
 
 def line_state(line: Line) -> list[Any]:
     """A line as plain data, exactly (money and rates unrounded, moments with their offset)."""
     out: list[Any] = []
-    for name in _LINE_FIELDS:
+    for name in LINE_FIELDS:
         value = getattr(line, name)
         if isinstance(value, (Decimal, datetime, date)):
             value = str(value) if isinstance(value, Decimal) else value.isoformat()
@@ -345,7 +345,7 @@ def line_state(line: Line) -> list[Any]:
     return out
 
 
-_INDEX = {name: n for n, name in enumerate(_LINE_FIELDS)}
+_INDEX = {name: n for n, name in enumerate(LINE_FIELDS)}
 _PAYEE, _PART, _BASIS, _AMOUNT = _INDEX["payee"], _INDEX["part"], _INDEX["basis"], _INDEX["amount"]
 _RULE_VERSION, _ADJUSTMENT_OF, _ADJUSTMENT = _INDEX["rule_version"], _INDEX["adjustment_of"], _INDEX["adjustment"]
 _RECOGNISED_AT, _EVENT_ID, _SKU = _INDEX["recognised_at"], _INDEX["event_id"], _INDEX["sku"]
@@ -354,34 +354,21 @@ _RECOGNISED_AT, _EVENT_ID, _SKU = _INDEX["recognised_at"], _INDEX["event_id"], _
 def _state_sort_key(state: Sequence[Any]) -> tuple[Any, ...]:
     """`Line.sort_key` of a line state (the moment as an instant, as datetimes compare)."""
     moment = (datetime.fromisoformat(state[_RECOGNISED_AT]) - EPOCH) // timedelta(microseconds=1)
-    return (
-        state[_ADJUSTMENT_OF] or "", moment, state[_EVENT_ID], state[_SKU],
-        PARTS.index(state[_PART]), BASES.index(state[_BASIS]), ADJUSTMENTS.index(state[_ADJUSTMENT]), state[_PAYEE],
+    return line_sort_key(
+        state[_ADJUSTMENT_OF], moment, state[_EVENT_ID], state[_SKU], state[_PART], state[_BASIS], state[_ADJUSTMENT], state[_PAYEE]
     )
 
 
 def _state_json(state: Sequence[Any]) -> dict[str, Any]:
     """`Line.as_json` of a line state (its moments were stored in their ``isoformat``)."""
-    out = dict(zip(_LINE_FIELDS, state))
-    del out["month"]
-    out["date"] = out.pop("day")
-    out["base"] = f"{Decimal(out['base']):.2f}"
-    out["rate"] = rate_text(Decimal(out["rate"]))
-    out["amount"] = f"{Decimal(out['amount']):.2f}"
-    return out
-
-
-def _state_totals(states: Iterable[Sequence[Any]]) -> tuple[PayeeTotal, ...]:
-    """`payee_totals` of line states."""
-    sums: dict[str, dict[str, Decimal]] = {}
-    for state in states:
-        parts = sums.setdefault(state[_PAYEE], {"source": ZERO, "deal": ZERO, "fulfillment": ZERO})
-        parts[state[_PART]] += Decimal(state[_AMOUNT])
-    return tuple(PayeeTotal(p, v["source"], v["deal"], v["fulfillment"]) for p, v in sorted(sums.items()))
+    values = dict(zip(LINE_FIELDS, state))
+    for name in _DECIMALS:
+        values[name] = Decimal(values[name])
+    return line_json(values)
 
 
 def line_of(state: Sequence[Any]) -> Line:
-    values = dict(zip(_LINE_FIELDS, state))
+    values = dict(zip(LINE_FIELDS, state))
     for name in _DECIMALS:
         values[name] = Decimal(values[name])
     values["recognised_at"] = datetime.fromisoformat(values["recognised_at"])

@@ -4,28 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import orjson
 import pytest
 
-from tests.golden import run_cli
-from tests.test_settlement_cli import prepared
+from tests.test_settlement_cli import cli, cli_json, prepared
 from tests.scenario import CLINIC
 from tests.test_settlement_close import JULY
 
 RULES = Path(__file__).parent / "rules"
 BONUS = RULES / "march_sports_bonus.toml"  # 2026.3 from 2026-03-01: sports fill 0.05, course deals 0.06
 SHORT = RULES / "short_protection.toml"
-
-
-def cli(*args: str):
-    done = run_cli(list(args))
-    return done, done.stdout.decode("utf-8"), done.stderr.decode("utf-8")
-
-
-def cli_json(*args: str):
-    done, out, err = cli(*args, "--json")
-    assert done.returncode == 0, err
-    return orjson.loads(out)
 
 
 def test_show_prints_the_shipped_rules_after_init(sqlite_store_url: str) -> None:
