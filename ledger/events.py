@@ -27,7 +27,6 @@ from pydantic import (
     ConfigDict,
     Field,
     PlainSerializer,
-    PrivateAttr,
     ValidationError,
     field_validator,
     model_validator,
@@ -127,8 +126,12 @@ class Frozen(BaseModel):
 _SEPARATORS = str.maketrans("", "", " -.()\u00a0\t")
 
 
+@lru_cache(maxsize=1 << 17)
 def normalise_phone(raw: str) -> tuple[str, bool]:
     """E.164 form of a phone and whether it is a valid number (SPEC §2).
+
+    Cached: every stored event with a person is validated again when it is read, and a
+    customer's phone recurs in each of its events (a rebuild normalises it a dozen times).
 
     Mainland 11-digit mobiles get +86; spaces, dashes, dots, brackets, a leading ``0086`` or
     ``+86`` are accepted. A string that cannot be read as a phone is kept as given (stripped) and
@@ -182,7 +185,19 @@ class Person(Frozen):
             return normalise_phone(value)[0]
         return value
 
-    _phone_valid: bool = PrivateAttr(default=False)
+    # How a person identifies beyond its fields, set by `ledger.sealing` and the store: kept in
+    # the instance's ``__dict__`` (`identify_by`), not as pydantic private attributes, whose
+    # set-up on every validated person cost a third of reading a stored event. Pydantic reads,
+    # dumps, compares and hashes a model by its fields only, so these never leak into the wire.
+    #
+    # ``_keys``: the keyed hashes (``phone:#…``) of the keys below, which identify this person
+    # instead of the keys themselves — for a person read from a store that encrypts personal
+    # data. ``_withheld``: a person whose sealed data cannot be opened
+    # (`ledger.sealing.withheld_person`): its fields hold markers, and it identifies by
+    # ``_keys`` only, its phone valid exactly when ``_phone_valid`` says so.
+    _keys: ClassVar[tuple[str, ...] | None] = None
+    _withheld: ClassVar[bool] = False
+    _phone_valid: ClassVar[bool | None] = None
 
     @model_validator(mode="after")
     def _has_a_key(self) -> Person:
@@ -190,25 +205,22 @@ class Person(Frozen):
             return self
         if not (self.phone or self.wechat_id or self.platform_user):
             raise ValueError("person needs at least one of phone, wechat_id, platform_user")
-        self._phone_valid = bool(self.phone) and self.phone.startswith("+") and normalise_phone(self.phone)[1]
         return self
+
+    def identify_by(self, keys: tuple[str, ...], withheld: bool = False, phone_valid: bool | None = None) -> None:
+        """Make this person identify by the stored keyed hashes ``keys`` (see above)."""
+        self.__dict__.update(_keys=keys, _withheld=withheld, _phone_valid=phone_valid)
 
     @property
     def phone_is_valid(self) -> bool:
-        return self._phone_valid
-
-    # Set by the store when personal data is encrypted at rest (`ledger.sealing`): the keyed
-    # hashes of the keys below, which identify this person instead of the keys themselves.
-    _keys: tuple[str, ...] | None = PrivateAttr(default=None)
+        if self._phone_valid is not None:
+            return self._phone_valid
+        return bool(self.phone) and self.phone.startswith("+") and normalise_phone(self.phone)[1]
 
     def identity_keys(self) -> tuple[str, ...]:
         """The keys that identify this person: `plain_identity_keys`, or their keyed hashes
         (``phone:#…``) for a person read from a store that encrypts personal data."""
         return self._keys if self._keys is not None else self.plain_identity_keys()
-
-    # True for a person whose sealed data cannot be opened (`ledger.sealing.withheld_person`):
-    # its fields hold markers, and it identifies by `_keys` only.
-    _withheld: bool = PrivateAttr(default=False)
 
     def plain_identity_keys(self) -> tuple[str, ...]:
         """The normalised keys of this person, in a fixed order (phone, wechat, platform).
@@ -359,8 +371,12 @@ class LeadTriaged(LedgerEvent):
     route: Literal["offline_assessment", "online_screening"]
     tags: Tags = Tags()
 
-    # The marker shown for intake and tags whose sealed data cannot be opened (`ledger.sealing`).
-    _withheld: str | None = PrivateAttr(default=None)
+    # The marker shown for intake and tags whose sealed data cannot be opened (`ledger.sealing`),
+    # set with `withhold` (in ``__dict__``, as `Person`'s extras are).
+    _withheld: ClassVar[str | None] = None
+
+    def withhold(self, marker: str) -> None:
+        self.__dict__["_withheld"] = marker
 
     def wire(self) -> dict[str, Any]:
         body = super().wire()

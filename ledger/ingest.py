@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from ledger.collector import collector_paused
 from ledger.events import InvalidEvent, LedgerEvent, parse_event
 from ledger.recording import RecordState
 from ledger.sources import SourceLine, read_source
@@ -262,9 +263,10 @@ def ingest_files(
 ) -> IngestReport:
     """Ingest every file in order (``-`` is stdin) as one run; see the module docstring."""
     run = Ingest(store, atomic=atomic, progress=progress)
-    for path in paths:
-        run.feed(parse_lines(read_source(path, fmt), run.report))
-    return run.finish()
+    with collector_paused():
+        for path in paths:
+            run.feed(parse_lines(read_source(path, fmt), run.report))
+        return run.finish()
 
 
 def ingest_whole(store: LedgerStore, lines: Iterable[SourceLine], state: RecordState) -> IngestReport:

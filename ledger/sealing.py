@@ -270,9 +270,7 @@ def withheld_person(stored_keys: tuple[str, ...], marker: str) -> Person:
         platform_user=marker if "platform" in kinds else None,
         name=None,
     )
-    person._phone_valid = "phone" in kinds
-    person._keys = stored_keys
-    person._withheld = True
+    person.identify_by(stored_keys, withheld=True, phone_valid="phone" in kinds)
     return person
 
 

@@ -197,9 +197,9 @@ def decode_state(
         raise StoreError(f"stored event {body.get('event_id', originator_id)} ({cls.type}) does not read as one: {fields}") from None
     if keys:
         for name, stored_keys in keys.items():
-            getattr(event, name)._keys = tuple(stored_keys)  # it identifies by the keyed hashes
+            getattr(event, name).identify_by(tuple(stored_keys))  # it identifies by the keyed hashes
     if marker is not None and isinstance(event, LeadTriaged):
-        event._withheld = marker
+        event.withhold(marker)
     return Entry(originator_id, originator_version, event, loaded["d"], loaded["c"], mac=mac)
 
 
@@ -482,7 +482,7 @@ class LedgerStore:
                     sealed = seal(self.key, event, wire if wire is not None else event.wire(), digest)
                     assert sealed is not None
                     for name, stored_keys in sealed.keys.items():
-                        getattr(event, name)._keys = stored_keys  # it identifies as it will be read back
+                        getattr(event, name).identify_by(stored_keys)  # it identifies as it will be read back
                     wire, digest = sealed.body, wire_digest(sealed.body)
                     data_keys.append((n, event.event_id, sealed.wrapped))
                 chain = chain_next(chain, digest)
