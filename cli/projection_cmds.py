@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Annotated
 
 import typer
 
@@ -11,9 +12,13 @@ from cli.ingest_cmd import event_progress
 from ledger.projector import Projector, Refreshed
 
 app = typer.Typer()
+WorkersOption = Annotated[int | None, typer.Option(
+    "--workers", min=1,
+    help="Processes settling customers side by side (default: one per core, up to 4, from 50,000 events to fold; also $CHANNEL_LEDGER_WORKERS).",
+)]
 
 
-def _run(store: str | None, full: bool) -> tuple[Refreshed, float]:
+def _run(store: str | None, full: bool, workers: int | None = None) -> tuple[Refreshed, float]:
     with opened_store(store) as ledger, event_progress("rebuilding" if full else "refreshing") as bar:
         tasks: dict[str, int] = {}
 
@@ -24,7 +29,7 @@ def _run(store: str | None, full: bool) -> tuple[Refreshed, float]:
 
         started = time.perf_counter()
         projector = Projector(ledger)
-        done = projector.rebuild(progress) if full else projector.refresh(progress)
+        done = projector.rebuild(progress, workers) if full else projector.refresh(progress, workers)
         return done, time.perf_counter() - started
 
 
@@ -33,7 +38,7 @@ def _report(done: Refreshed, seconds: float, json: bool) -> None:
         emit_json({
             "kind": done.kind, "position": done.position, "events_read": done.events_read,
             "customers_settled": done.customers, "parts_written": done.parts, "reason": done.reason,
-            "seconds": round(seconds, 3),
+            "seconds": round(seconds, 3), "workers_peak_rss_mib": [round(m, 1) for m in done.workers_peak_rss_mib],
         })
         return
     if done.kind == "current":
@@ -41,6 +46,9 @@ def _report(done: Refreshed, seconds: float, json: bool) -> None:
         return
     rate = f" ({done.events_read / seconds:,.0f} events/s)" if seconds > 0 and done.events_read else ""
     why = f" — {done.reason}" if done.reason else ""
+    if done.workers_peak_rss_mib:
+        shares = ", ".join(f"{m:,.0f}" for m in done.workers_peak_rss_mib)
+        why += f" (customers shared with {len(done.workers_peak_rss_mib)} worker process(es), peak RSS {shares} MiB)"
     stdout.print(
         f"{done.kind}: settlement projection at position {done.position:,}: read {done.events_read:,} events, "
         f"settled {done.customers:,} customers, wrote {done.parts:,} customer-month parts in {seconds:.2f} s{rate}{why}"
@@ -48,14 +56,18 @@ def _report(done: Refreshed, seconds: float, json: bool) -> None:
 
 
 @app.command()
-def rebuild(store: StoreOption = None, json: JsonOption = False) -> None:
+def rebuild(
+    store: StoreOption = None,
+    json: JsonOption = False,
+    workers: WorkersOption = None,
+) -> None:
     """Drop the kept projections and rebuild them from every event (after a rule or code change;
     a crash during it leaves the previous projection in place)."""
-    _report(*_run(store, full=True), json)
+    _report(*_run(store, full=True, workers=workers), json)
 
 
 @app.command()
-def refresh(store: StoreOption = None, json: JsonOption = False) -> None:
+def refresh(store: StoreOption = None, json: JsonOption = False, workers: WorkersOption = None) -> None:
     """Bring the kept projections up to date, reading only the events recorded since their
     position (every command that reads them does this first)."""
-    _report(*_run(store, full=False), json)
+    _report(*_run(store, full=False, workers=workers), json)

@@ -24,15 +24,21 @@ month's rows instead of the whole ledger.
 
 from __future__ import annotations
 
+import multiprocessing
+import os
+import pickle
+import resource
 import sys
+import tempfile
 from array import array
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 
+from ledger.collector import collector_paused
 from ledger.events import PolicyAdopted, SettlementClosed, parse_event
 from ledger.identity import Identity, Touch, index_terms, is_reference_data, touch_of
 from ledger.store import LedgerStore, Recorded, StoreError
@@ -109,6 +115,7 @@ class Refreshed:
     customers: int  # components refolded
     parts: int  # (component, month) rows written
     reason: str = ""
+    workers_peak_rss_mib: tuple[float, ...] = ()  # of each worker process a rebuild forked (beside this one's)
 
 
 class Projector:
@@ -130,32 +137,36 @@ class Projector:
 
     # -- rebuild -----------------------------------------------------------------------------
 
-    def rebuild(self, progress: Progress | None = None) -> Refreshed:
+    def rebuild(self, progress: Progress | None = None, workers: int | None = None) -> Refreshed:
+        """See `_rebuild`. ``workers``: processes that settle customers side by side (default:
+        one per core, up to `MAX_WORKERS`, for stores of `PARALLEL_FROM` events or more)."""
+        with collector_paused():
+            return self._rebuild(progress, workers)
+
+    def _rebuild(self, progress: Progress | None, workers: int | None) -> Refreshed:
         """Drop the kept projections and recompute them from every event.
 
         Two passes, so that memory follows what is kept, not the decoded history: the first
         decodes every event but keeps only what the identity fold needs of it (`Touch`, a few
         hundred bytes), the reference data and the closes; identity then gives every event its
         component and where that component ends. The second reads the stored rows again, holds
-        each component's rows until its last one, and settles the component then."""
+        each component's rows until its last one, and settles the component then — split
+        between processes when there are several workers (`_shared_out`): the first pass by
+        ranges of positions, the second by component number."""
         tick = progress or (lambda stage, done, total: None)
         position = self.store.position()
-        touches: list[tuple[Touch, int]] = []
-        shared: dict[Any, Any] = {}
-        reference: list[Positioned] = []
-        closes: list[Positioned] = []
-        read = 0
-        for r in self.store.read(upto=position):
-            event = r.event
-            if isinstance(event, SettlementClosed):
-                closes.append((r.position, event))
-            elif is_reference_data(event):
-                reference.append((r.position, event))
-            else:
-                touches.append((_compact(touch_of(event), shared), r.position))
-            read += 1
-            if read % 10000 == 0:
-                tick("reading", read, position)
+        shares = workers if workers is not None else default_workers(position)
+        bounds = [position * share // shares for share in range(shares + 1)]
+
+        def read_share(store: LedgerStore, share: int, orphaned: Callable[[], bool]) -> _Touched:
+            return _touches(store, bounds[share], bounds[share + 1], tick if share == 0 else _silent, orphaned)
+
+        touched, rss = zip(*_shared_out(self.store, shares, read_share))
+        touches = [t for share in touched for t in share.touches]
+        reference = [p for share in touched for p in share.reference]
+        closes = [p for share in touched for p in share.closes]
+        read = sum(share.read for share in touched)
+        del touched
         touches.sort(key=lambda tp: tp[0].key)
         identity = Identity()
         for touch, _ in touches:
@@ -172,26 +183,19 @@ class Projector:
                 last.append(at)
             component[at] = n
             last[n] = max(last[n], at)
-        del touches, identity, numbers, shared
-        refs = Reference(reference)
-        parts: dict[tuple[str, str], bytes] = {}
-        waiting: dict[int, list[tuple[int, str, bytes]]] = {}
-        settled = 0
-        for row in self.store.read_raw(upto=position):
-            n = component[row[0]]
-            if n < 0:
-                continue
-            rows = waiting.setdefault(n, [])
-            rows.append((row[0], sys.intern(row[1]), row[2]))  # a topic string per row adds up
-            if row[0] == last[n]:
-                recorded = [(r.position, r.event) for r in self.store.decode(waiting.pop(n))]
-                for month, part in customer_parts(recorded, closes, refs, position).items():
-                    parts[(names[n], month)] = orjson.dumps(part.state())
-                settled += 1
-                if settled % 2000 == 0:
-                    tick("settling customers", settled, len(names))
-        tick("settling customers", settled, len(names))
-        del component, waiting
+        del touches, identity, numbers
+        plan = _Plan(position, component, last, names, tuple(closes), Reference(reference))
+
+        def settle_share(store: LedgerStore, share: int, orphaned: Callable[[], bool]) -> tuple[dict[tuple[str, str], bytes], int]:
+            return _settle_share(store, plan, share, shares, tick if share == 0 else _silent, orphaned)
+
+        settled_shares, more_rss = zip(*_shared_out(self.store, shares, settle_share))
+        parts = settled_shares[0][0]
+        for more, _ in settled_shares[1:]:
+            parts.update(more)
+        settled = sum(count for _, count in settled_shares)
+        worker_rss = tuple(max(a, b) for a, b in zip(rss[1:], more_rss[1:]))
+        del plan, component, settled_shares
         kept = _kept_from(position, [*reference, *closes])
         count = len(parts)
         with self.tables.writing() as w:
@@ -199,7 +203,7 @@ class Projector:
             w.put_parts(parts)
             w.put_header(SETTLEMENT, None, kept.position, kept.state())
             self._keep_merged(w, kept, parts, tick)
-        return Refreshed("rebuild", position, read, settled, count)
+        return Refreshed("rebuild", position, read, settled, count, workers_peak_rss_mib=worker_rss)
 
     @staticmethod
     def _keep_merged(w: _Writer, kept: Kept, parts: dict[tuple[str, str], bytes], tick: Progress) -> None:
@@ -221,41 +225,54 @@ class Projector:
             summary, lines = kept_statement_state(statement)
             w.put_statement(month, orjson.dumps(summary), lines, kept.position)
 
-    def _fold(self, recorded: list[Positioned], position: int, tick: Progress, closes: Iterable[Positioned] | None = None, reference: Reference | None = None) -> tuple[dict[tuple[str, str], bytes], int]:
-        layout = split(recorded)
-        reference = reference or Reference(layout.reference)
-        closes = list(closes) if closes is not None else layout.closes
-        parts: dict[tuple[str, str], bytes] = {}
-        total = len(layout.components)
-        for n, (key, component) in enumerate(layout.components.items(), start=1):
-            for month, part in customer_parts(component, closes, reference, position).items():
-                parts[(key, month)] = orjson.dumps(part.state())
-            if n % 2000 == 0:
-                tick("settling customers", n, total)
-        tick("settling customers", total, total)
-        return parts, total
+    def _fold(self, recorded: list[Positioned], position: int, tick: Progress, closes: Iterable[Positioned], reference: Reference, workers: int | None) -> tuple[dict[tuple[str, str], bytes], int]:
+        """The parts of every component of ``recorded`` (shared out to workers when large)."""
+        components = list(split(recorded).components.items())
+        closes = list(closes)
+        shares = workers if workers is not None else default_workers(len(recorded))
+
+        def fold_share(store: LedgerStore, share: int, orphaned: Callable[[], bool]) -> dict[tuple[str, str], bytes]:
+            parts: dict[tuple[str, str], bytes] = {}
+            mine = components[share::shares]
+            for n, (key, component) in enumerate(mine, start=1):
+                for month, part in customer_parts(component, closes, reference, position).items():
+                    parts[(key, month)] = orjson.dumps(part.state())
+                if n % 2000 == 0:
+                    (tick if share == 0 else _silent)("settling customers", n, len(mine))
+                    if orphaned():
+                        os._exit(3)
+            return parts
+
+        shared = _shared_out(self.store, shares, fold_share)
+        parts = shared[0][0]
+        for more, _ in shared[1:]:
+            parts.update(more)
+        tick("settling customers", len(components), len(components))
+        return parts, len(components)
 
     # -- refresh -----------------------------------------------------------------------------
 
-    def refresh(self, progress: Progress | None = None) -> Refreshed:
-        """Bring the kept projections up to the store's position, reading only what is new."""
+    def refresh(self, progress: Progress | None = None, workers: int | None = None) -> Refreshed:
+        """Bring the kept projections up to the store's position, reading only what is new
+        (``workers``: as for `rebuild`, for refolding the customers the new events touch)."""
         for _attempt in range(5):
             try:
-                return self._refresh(progress)
+                with collector_paused():
+                    return self._refresh(progress, workers)
             except StaleProjection:
                 continue
         raise StoreError("the settlement projection kept changing under this command; try again")
 
-    def _refresh(self, progress: Progress | None) -> Refreshed:
+    def _refresh(self, progress: Progress | None, workers: int | None) -> Refreshed:
         kept = self.kept()
         if kept is None:
-            return self.rebuild(progress)
+            return self.rebuild(progress, workers)
         position = self.store.position()
         if position == kept.position:
             return Refreshed("current", position, 0, 0, 0)
         new = list(self.store.read(after=kept.position, upto=position))
         if any(is_reference_data(r.event) for r in new):
-            done = self.rebuild(progress)
+            done = self.rebuild(progress, workers)
             return Refreshed("rebuild", done.position, done.events_read, done.customers, done.parts, "new rule sets or reference data")
         new_closes = [(r.position, r.event) for r in new if isinstance(r.event, SettlementClosed)]
         closes = [*kept.closes, *new_closes]
@@ -271,7 +288,7 @@ class Projector:
             component = components_of(self.store, seeds)
             recorded = [(r.position, r.event) for r in component]
             tick = progress or (lambda stage, done, total: None)
-            parts, customers = self._fold(recorded, position, tick, closes=closes, reference=self.reference())
+            parts, customers = self._fold(recorded, position, tick, closes, self.reference(), workers)
             # The rows these customers were kept under: their components as they stood at the
             # kept position (a late earlier lead renames a customer; a new link merges two).
             stale = superseded_keys(e for p, e in recorded if p <= kept.position)
@@ -546,3 +563,139 @@ class _PostgresTables:
             "ON CONFLICT (component, month) DO UPDATE SET state = EXCLUDED.state",
             ([r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows]),
         )
+
+
+# --- settling components, in one process or several ------------------------------------------
+
+MAX_WORKERS = 4
+PARALLEL_FROM = 50_000  # events: below this a worker's start-up costs more than it saves
+
+
+def default_workers(events: int) -> int:
+    """Processes for a rebuild of ``events`` events: ``CHANNEL_LEDGER_WORKERS`` if set, else one
+    per core (up to `MAX_WORKERS`) once the store is large enough to gain from them."""
+    configured = os.environ.get("CHANNEL_LEDGER_WORKERS", "").strip()
+    if configured:
+        try:
+            return max(1, int(configured))
+        except ValueError:
+            raise StoreError(f"CHANNEL_LEDGER_WORKERS must be a whole number, not {configured!r}") from None
+    if events < PARALLEL_FROM:
+        return 1
+    return max(1, min(MAX_WORKERS, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What the first pass of a rebuild learnt: each position's component number (-1: not a
+    customer's event), each component's last position and key, and the closes and reference
+    data every component is settled with."""
+
+    position: int
+    component: array
+    last: list[int]
+    names: list[str]
+    closes: tuple[Positioned, ...]
+    reference: Reference
+
+
+def _silent(stage: str, done: int, total: int | None) -> None:
+    """The progress of a worker process: only the first share reports."""
+
+
+@dataclass
+class _Touched:
+    """The first pass over one range of positions."""
+
+    touches: list[tuple[Touch, int]]
+    reference: list[Positioned]
+    closes: list[Positioned]
+    read: int
+
+
+def _touches(store: LedgerStore, after: int, upto: int, tick: Progress, orphaned: Callable[[], bool]) -> _Touched:
+    """What identity needs of each event in (``after``, ``upto``], the reference data and the closes."""
+    done = _Touched([], [], [], 0)
+    shared: dict[Any, Any] = {}
+    for r in store.read(after=after, upto=upto):
+        event = r.event
+        if isinstance(event, SettlementClosed):
+            done.closes.append((r.position, event))
+        elif is_reference_data(event):
+            done.reference.append((r.position, event))
+        else:
+            done.touches.append((_compact(touch_of(event), shared), r.position))
+        done.read += 1
+        if done.read % 10000 == 0:
+            tick("reading", done.read, upto - after)
+            if orphaned():
+                os._exit(3)
+    return done
+
+
+def _settle_share(store: LedgerStore, plan: _Plan, share: int, shares: int, tick: Progress, orphaned: Callable[[], bool]) -> tuple[dict[tuple[str, str], bytes], int]:
+    """The parts of the components numbered ``share`` modulo ``shares``: the stored rows read
+    in order, each component's held until its last one, then decoded and settled."""
+    component, last, names = plan.component, plan.last, plan.names
+    parts: dict[tuple[str, str], bytes] = {}
+    waiting: dict[int, list[tuple[int, str, bytes]]] = {}
+    settled = 0
+    mine = len(range(share, len(names), shares))
+    for row in store.read_raw(upto=plan.position):
+        n = component[row[0]]
+        if n < 0 or n % shares != share:
+            continue
+        rows = waiting.setdefault(n, [])
+        rows.append((row[0], sys.intern(row[1]), row[2]))  # a topic string per row adds up
+        if row[0] == last[n]:
+            recorded = [(r.position, r.event) for r in store.decode(waiting.pop(n))]
+            for month, part in customer_parts(recorded, plan.closes, plan.reference, plan.position).items():
+                parts[(names[n], month)] = orjson.dumps(part.state())
+            settled += 1
+            if settled % 2000 == 0:
+                tick("settling customers", settled, mine)
+                if orphaned():
+                    os._exit(3)
+    tick("settling customers", settled, mine)
+    return parts, settled
+
+
+T = TypeVar("T")
+
+
+def _shared_out(store: LedgerStore, shares: int, work: Callable[[LedgerStore, int, Callable[[], bool]], T]) -> list[tuple[T, float]]:
+    """``work(store, share, orphaned)`` for every share, in share order, each with the peak RSS
+    (MiB) of the process that did it (0.0 for this one): share 0 here, the others at the same
+    time in forked workers. A worker inherits what this process built (nothing is pickled on
+    the way in), opens its own connection (the inherited one is never touched), and hands its
+    result back through a file. ``orphaned()`` tells a worker that the rebuild which started it
+    is gone (killed): it then exits without finishing."""
+    if shares <= 1:
+        return [(work(store, 0, lambda: False), 0.0)]
+    context = multiprocessing.get_context("fork")
+    with tempfile.TemporaryDirectory(prefix="channel-ledger-rebuild-") as scratch:
+        started = []
+        for share in range(1, shares):
+            out = os.path.join(scratch, f"share-{share}.pickle")
+            worker = context.Process(target=_worker, args=(store, work, share, out, os.getpid()), daemon=True)
+            worker.start()
+            started.append((worker, out))
+        results = [(work(store, 0, lambda: False), 0.0)]
+        for worker, out in started:
+            worker.join()
+            if worker.exitcode != 0:
+                raise StoreError(f"a rebuild worker failed (exit code {worker.exitcode}); nothing was changed")
+            with open(out, "rb") as handle:
+                results.append(pickle.load(handle))
+    return results
+
+
+def _worker(store: LedgerStore, work: Callable[[LedgerStore, int, Callable[[], bool]], Any], share: int, out: str, parent: int) -> None:
+    own = LedgerStore(store.url, key=store.key)
+    try:
+        result = work(own, share, lambda: os.getppid() != parent)
+    finally:
+        own.close()
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    with open(out, "wb") as handle:
+        pickle.dump((result, peak), handle, protocol=pickle.HIGHEST_PROTOCOL)

@@ -280,6 +280,7 @@ class LedgerStore:
         """Open the store at ``url``. ``key``: the master key that encrypts personal data at rest
         (`ledger.sealing`); by default the one ``CHANNEL_LEDGER_KEY(_FILE)`` names, if any."""
         self.location = parse_store_url(url)
+        self.url = url  # a worker process opens the store again (`ledger.projector`)
         env = dict(self.location.env)
         try:
             if self.location.kind == "postgresql":

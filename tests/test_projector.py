@@ -100,6 +100,29 @@ def test_kept_statements_equal_the_plain_fold_through_refreshes_a_close_and_late
         assert_kept_equals_plain(store)
 
 
+def test_a_rebuild_shared_between_worker_processes_equals_the_plain_fold(store_url: str) -> None:
+    """Large stores settle their customers in forked workers, each with its own connection;
+    the kept statements must not depend on how the customers were shared out."""
+    reference, first, second, third = demo_batches(seed=15, customers=200)
+    with LedgerStore(store_url) as store:
+        assert not ingest_events(store, [adoption_event(default_rules()), *reference, *first, *second]).rejected
+        months = Settlement(((r.position, r.event) for r in store.read()), position=store.position()).months_with_activity()
+    closed = run_cli(["close", "--month", months[0], "--store", store_url])
+    assert closed.returncode == 0, closed.stderr.decode()
+    with LedgerStore(store_url) as store:
+        serial = Projector(store).rebuild(workers=1)
+        digests = {m: Projector(store).statement(m)[0].digest for m in months}
+        shared = Projector(store).rebuild(workers=3)
+        assert len(shared.workers_peak_rss_mib) == 2 and all(rss > 0 for rss in shared.workers_peak_rss_mib)
+        assert (shared.customers, shared.parts) == (serial.customers, serial.parts)
+        assert {m: Projector(store).statement(m)[0].digest for m in months} == digests
+
+        assert not ingest_events(store, third).rejected  # late leads too: customers renamed, lines moved
+        done = Projector(store).refresh(workers=2)
+        assert done.kind == "refresh" and done.customers > 0
+        assert_kept_equals_plain(store)
+
+
 def test_a_rebuild_after_a_rule_change_gives_the_digests_of_a_fresh_store(tmp_path: Path) -> None:
     reference, first, second, third = demo_batches(seed=12, customers=80)
     paid = sorted(e.occurred_at for e in [*first, *second] if e.type == "order.paid")
