@@ -1,29 +1,83 @@
-"""The ``channel-ledger`` command: one typer app composed from the command modules."""
+"""The ``channel-ledger`` command: one typer app composed from the command modules.
+
+A command line names one command, and only that command's module is imported: the rest of the
+CLI (the report's charts, the service, the demo generator, the operational views) would add
+about a fifth to every ``settle``'s start-up, which is most of its time on an up-to-date store.
+``--help``, no command, or a name that is not a command compose every module (typer then lists
+them, or says what is unknown). `COMMANDS` must name every command (tests/test_cli.py checks).
+"""
 
 from __future__ import annotations
 
+import importlib
 import sys
+from typing import Any
 
 import typer
-from rich.markup import escape
 
-from cli import attribution_cmds, demo_cmd, ingest_cmd, ops_cmds, privacy_cmd, projection_cmds, report_cmd, serve_cmd, settle_cmds, store_cmds, verify_cmd
-from cli.common import known_errors, stderr
-
-app = typer.Typer(
-    name="channel-ledger",
-    help="Event-sourced attribution, commission and fulfillment ledger for clinic groups' channels.",
-    no_args_is_help=True,
-    pretty_exceptions_show_locals=False,  # locals can hold personal data
-    add_completion=False,
+MODULES = (
+    "store_cmds", "ingest_cmd", "attribution_cmds", "demo_cmd", "verify_cmd", "ops_cmds",
+    "settle_cmds", "projection_cmds", "report_cmd", "serve_cmd", "privacy_cmd",
 )
-for module in (store_cmds, ingest_cmd, attribution_cmds, demo_cmd, verify_cmd, ops_cmds, settle_cmds, projection_cmds, report_cmd, serve_cmd, privacy_cmd):
-    app.registered_commands.extend(module.app.registered_commands)
-    app.registered_groups.extend(module.app.registered_groups)
+COMMANDS = {
+    "init": "store_cmds", "events": "store_cmds",
+    "ingest": "ingest_cmd",
+    "attribution": "attribution_cmds", "trace": "attribution_cmds", "collisions": "attribution_cmds",
+    "demo": "demo_cmd",
+    "verify": "verify_cmd",
+    "liability": "ops_cmds", "ledgers": "ops_cmds", "due": "ops_cmds",
+    "settle": "settle_cmds", "close": "settle_cmds", "export": "settle_cmds", "policy": "settle_cmds",
+    "rebuild": "projection_cmds", "refresh": "projection_cmds",
+    "report": "report_cmd",
+    "serve": "serve_cmd",
+    "forget": "privacy_cmd",
+}
+HELP = "Event-sourced attribution, commission and fulfillment ledger for clinic groups' channels."
+
+
+def build_app(modules: tuple[str, ...] = MODULES) -> typer.Typer:
+    """The CLI with the commands of ``modules`` (every command by default)."""
+    app = typer.Typer(
+        name="channel-ledger",
+        help=HELP,
+        no_args_is_help=True,
+        pretty_exceptions_show_locals=False,  # locals can hold personal data
+        add_completion=False,
+    )
+
+    @app.callback()
+    def _group() -> None:  # a group even when one command is composed: `channel-ledger settle …` keeps its name
+        pass
+
+    _group.__doc__ = HELP
+    for name in modules:
+        module = importlib.import_module(f"cli.{name}")
+        app.registered_commands.extend(module.app.registered_commands)
+        app.registered_groups.extend(module.app.registered_groups)
+    return app
+
+
+def modules_for(argv: list[str]) -> tuple[str, ...]:
+    """The command modules a command line needs: its command's, or all of them."""
+    words = argv[1:]
+    if not words or words[0].startswith("-") or words[0] not in COMMANDS:
+        return MODULES
+    return (COMMANDS[words[0]],)
+
+
+def __getattr__(name: str) -> Any:  # `from cli.main import app`: the whole CLI (tests, tools)
+    if name == "app":
+        return build_app()
+    raise AttributeError(name)
 
 
 def main() -> None:
     """Console entry point: known errors become one line on stderr and exit code 1."""
+    from rich.markup import escape
+
+    app = build_app(modules_for(sys.argv))
+    from cli.common import known_errors, stderr
+
     try:
         app(standalone_mode=True)
     except known_errors() as error:

@@ -117,7 +117,9 @@ NO_SHOW_REASONS: tuple[str, ...] = NoShowReason.__args__  # type: ignore[attr-de
 
 
 class Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # defer_build: a class's validator is built the first time it validates, not at import —
+    # a command that reads one month's kept statement never builds most of them.
+    model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)
 
 
 # --- people ------------------------------------------------------------------------------

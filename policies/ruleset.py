@@ -347,7 +347,9 @@ Cadence = Annotated[Decimal, PlainValidator(_cadence)]
 
 
 class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # defer_build: a class's validator is built the first time it validates, not at import —
+    # a command that reads one month's kept statement never builds most of them.
+    model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)
 
 
 class ClassRates(_Frozen):

@@ -27,6 +27,23 @@ def test_every_command_has_help_text(command: str) -> None:
     assert "Usage:" in text and len(text.split("Usage:")[1].strip()) > 40
 
 
+def test_each_command_line_loads_only_its_commands_module_and_that_module_has_the_command() -> None:
+    import importlib
+
+    from cli.main import COMMANDS, MODULES, modules_for
+
+    found = {}
+    for name in MODULES:
+        module = importlib.import_module(f"cli.{name}").app
+        for c in module.registered_commands:
+            found[c.name or c.callback.__name__] = name
+        for group in module.registered_groups:
+            found[group.name] = name
+    assert found == COMMANDS, "cli.main.COMMANDS must name every command and the module that has it"
+    assert modules_for(["channel-ledger", "settle", "--month", "2026-11"]) == ("settle_cmds",)
+    assert modules_for(["channel-ledger", "--help"]) == modules_for(["channel-ledger", "nosuch"]) == MODULES
+
+
 def test_ingest_json_has_the_documented_keys(tmp_path, sqlite_store_url) -> None:
     path = write(tmp_path, CLINIC + '{"event_id": "x", "type": "session.delivered", "occurred_at": "2026-07-08T10:00:00+08:00", "order_id": "nope", "clinician_id": "p1", "room_id": "r", "minutes": 50}')
     done = run_cli(["ingest", path, "--json", "--store", sqlite_store_url])
