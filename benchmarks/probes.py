@@ -2,7 +2,8 @@
 
     probes.py read postgresql CONNINFO SQL   # the reference: COPY ... TO STDOUT (binary) + orjson.loads of each row
     probes.py read sqlite PATH SQL           # the reference on SQLite: SELECT state ... + orjson.loads
-    probes.py latency STORE_URL REF [--repeat 5]   # attribution and trace for one customer, in-process
+    probes.py latency STORE_URL REF [--repeat 5]   # attribution and trace for one customer, in-process: as the
+                                                   # commands (store opened each call) and as `serve` (store open)
 
 ``read`` imports only psycopg / sqlite3 and orjson, so its process time is the floor any reader of
 the stored events pays. ``latency`` calls the very functions the ``attribution`` and ``trace``
@@ -77,12 +78,24 @@ def timed_calls(call: Callable[[], None], repeat: int) -> dict[str, float]:
 
 def latency(store_url: str, ref: str, repeat: int) -> dict[str, dict[str, float]]:
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    from cli.attribution_cmds import attribution, trace
+    from cli.attribution_cmds import attribution, attribution_json, find_customer, load_from, trace, trace_json
+    from ledger.store import LedgerStore
 
-    return {
+    timings = {
         "attribution": timed_calls(lambda: attribution(ref, store=store_url, json=False, unmasked=False), repeat),
         "trace": timed_calls(lambda: trace(ref, store=store_url, json=False, unmasked=False), repeat),
     }
+    with LedgerStore(store_url) as store:  # as `serve` answers GET /customers/REF/…: the store stays open
+
+        def served(render: Callable[..., object]) -> Callable[[], None]:
+            def call() -> None:
+                f = load_from(store, ref)
+                render(find_customer(f, ref), f, unmasked=False)
+            return call
+
+        timings["attribution served"] = timed_calls(served(attribution_json), repeat)
+        timings["trace served"] = timed_calls(served(trace_json), repeat)
+    return timings
 
 
 def main() -> int:

@@ -31,6 +31,8 @@ STEPS = (
     "trace",
     "attribution in-process",
     "trace in-process",
+    "attribution served in-process",
+    "trace served in-process",
 )
 BACKENDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.skipif(not os.environ.get(PG_ENV), reason=f"{PG_ENV} is not set"))]
 
