@@ -17,8 +17,11 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 from ledger.collector import collector_paused
 from ledger.events import InvalidEvent, LedgerEvent, parse_event
+from ledger.projector import Projector
 from ledger.recording import RecordState
 from ledger.sources import SourceLine, read_source
 from ledger.store import LedgerStore, Recorded, WriteConflict, wire_digest
@@ -88,11 +91,28 @@ def parse_lines(lines: Iterable[SourceLine], report: IngestReport) -> Iterator[C
         yield Candidate.of(source.file, source.line, event)
 
 
+KEEP_RECORD_AFTER = 2_000  # events folded beyond the kept rules-of-record state: worth keeping anew
+
+
 def load_record_state(store: LedgerStore, state: RecordState | None = None) -> RecordState:
-    """Catch the rules-of-record state up with the store (everything after its position)."""
+    """Catch the rules-of-record state up with the store (everything after its position). A
+    fresh state starts from the fold the last large ingest kept (`keep_record_state`), so an
+    ingest into a store of a million events replays the events since, not the million."""
     state = state or RecordState()
+    if state.position == 0:
+        kept = Projector(store).kept_record()
+        if kept is not None and kept[0] <= store.position():
+            state.restore(orjson.loads(kept[1]))
     state.replay((r.position, r.event) for r in store.read(after=state.position))
     return state
+
+
+def keep_record_state(store: LedgerStore, state: RecordState) -> None:
+    """Keep a committed rules-of-record state for the next ingest, when it has come far enough
+    since the kept one (keeping costs a write of every order's balance)."""
+    kept = Projector(store).kept_record()
+    if state.position - (kept[0] if kept is not None else 0) >= KEEP_RECORD_AFTER:
+        Projector(store).keep_record(state.position, orjson.dumps(state.state()))
 
 
 Verdict = tuple[str, Candidate, tuple[str, str] | None]  # accepted / repeated / waiting / rejected, (field, reason)
@@ -175,6 +195,8 @@ class Ingest:
             else:
                 self._write_atomic()
         self.report.rejected.sort(key=lambda r: (r.file, r.line, r.field))
+        if self.report.written:  # an atomic run that wrote nothing holds events that are not recorded
+            keep_record_state(self.store, self.state)
         return self.report
 
     # -- internals -----------------------------------------------------------------------

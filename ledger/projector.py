@@ -63,6 +63,7 @@ PROJECTION_TABLE = "channel_ledger_projection"
 PART_TABLE = "channel_ledger_part"
 STATEMENT_TABLE = "channel_ledger_statement"
 SETTLEMENT = "settlement"
+RECORD = "record"  # the rules-of-record fold ingest checks events against (`ledger.ingest`)
 FORMAT = 3  # bump when the kept state's shape changes: an older one is rebuilt
 WRITE_ROWS = 2000
 Progress = Callable[[str, int, int | None], None]  # (stage, done, total)
@@ -134,6 +135,19 @@ class Projector:
     def reference(self) -> Reference:
         """Every rule set and piece of reference data, through the index (not the stream)."""
         return Reference((r.position, r.event) for r in self.store.read_at(self.store.find(["d:"])))
+
+    # -- the rules-of-record state, kept for the next ingest -----------------------------------
+
+    def kept_record(self) -> tuple[int, bytes] | None:
+        """The rules-of-record fold (`ledger.recording.RecordState.state`) an ingest kept, and
+        its position: the next ingest replays only what came after it."""
+        return self.tables.header(RECORD)
+
+    def keep_record(self, position: int, state: bytes) -> None:
+        """Keep a rules-of-record fold that reached ``position`` — unless a fold at least as far
+        along is kept already (concurrent ingests: the furthest one stays)."""
+        with self.tables.writing() as w:
+            w.put_newer_header(RECORD, position, state)
 
     # -- rebuild -----------------------------------------------------------------------------
 
@@ -379,11 +393,18 @@ class _Writer:
         self.t = tables
 
     def clear(self) -> None:
-        """Drop and recreate the tables (a rebuild also brings an older layout up to date)."""
-        for table in (self.t.parts_table, self.t.header_table, self.t.statement_table):
+        """Drop and recreate the tables (a rebuild also brings an older layout up to date). The
+        rules-of-record fold ingest keeps is not a projection a rebuild recomputes: it stays."""
+        h, m = self.t.header_table, self.t.mark
+        self.c.execute(f"SELECT position, state FROM {h} WHERE name = {m}", (RECORD,))
+        record = self.c.fetchone()
+        for table in (self.t.parts_table, h, self.t.statement_table):
             self.c.execute(f"DROP TABLE IF EXISTS {table}")
         for statement in self.t.ddl():
             self.c.execute(statement)
+        if record is not None:
+            position, state = (record["position"], record["state"]) if isinstance(record, dict) else record
+            self.put_newer_header(RECORD, position, bytes(state))
 
     def put_header(self, name: str, expected: int | None, position: int, state: bytes) -> None:
         """Write the header; ``expected``: the position this refresh started from (None: a rebuild)."""
@@ -398,6 +419,15 @@ class _Writer:
         )
         if self.t.changed(self.c) != 1:
             raise StaleProjection()
+
+    def put_newer_header(self, name: str, position: int, state: bytes) -> None:
+        """Write the header unless one at ``position`` or later is there."""
+        h, m = self.t.header_table, self.t.mark
+        self.c.execute(f"DELETE FROM {h} WHERE name = {m} AND position < {m}", (name, position))
+        self.c.execute(
+            f"INSERT INTO {h} (name, position, state) SELECT {m}, {m}, {m} WHERE NOT EXISTS (SELECT 1 FROM {h} WHERE name = {m})",
+            (name, position, state, name),
+        )
 
     def drop_components(self, keys: Iterable[str]) -> set[str]:
         """Delete these components' parts; returns the months they had parts in."""

@@ -125,6 +125,36 @@ class RecordState:
             self._undo.append((table, key, table.get(key, _MISSING)))
         table[key] = value
 
+    # -- kept between runs (`ledger.ingest.load_record_state`) ----------------------------
+
+    FORMAT = 1
+    _TABLES = ("entry_points", "stores", "staff", "channels", "refunds", "appointments", "outcomes", "tickets", "decisions", "policies", "closes")
+
+    def state(self) -> dict[str, Any]:
+        """The fold as plain JSON data, with the position it reached (`restore` reads it back)."""
+        assert self._undo is None, "only a committed state is kept"
+        data: dict[str, Any] = {"format": self.FORMAT, "position": self.position}
+        data.update((name, getattr(self, name)) for name in self._TABLES)
+        data["orders"] = {
+            order_id: [o.event_id, str(o.amount), str(o.refunded), [[i.sku, i.sessions, str(i.amount), i.sessions_used, str(i.refunded)] for i in o.items]]
+            for order_id, o in self.orders.items()
+        }
+        return data
+
+    def restore(self, data: dict[str, Any]) -> bool:
+        """Take over a kept fold (in place: a long-lived state keeps its identity); False, and
+        nothing changed, when it was kept in another format."""
+        if data.get("format") != self.FORMAT:
+            return False
+        for name in self._TABLES:
+            setattr(self, name, dict(data[name]))
+        self.orders = {
+            order_id: OrderBalance(event_id, Decimal(amount), tuple(ItemBalance(sku, n, Decimal(a), used, Decimal(r)) for sku, n, a, used, r in items), Decimal(refunded))
+            for order_id, (event_id, amount, refunded, items) in data["orders"].items()
+        }
+        self.position = int(data["position"])
+        return True
+
     # -- the fold ------------------------------------------------------------------------
 
     def replay(self, recorded: Iterable[tuple[int, LedgerEvent]]) -> None:

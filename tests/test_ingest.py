@@ -177,3 +177,39 @@ def test_bad_bytes_and_huge_lines_are_rejected_and_the_rest_kept(store, tmp_path
     report = ingest_files(store, [str(path)])
     assert report.accepted == 16
     assert [(r.line, r.reason.split(" (")[0]) for r in report.rejected] == [(17, "not UTF-8"), (18, "nested deeper than 32 levels")]
+
+
+# --- the rules-of-record state kept between runs -----------------------------------------
+
+
+def test_a_later_ingest_checks_against_the_kept_state_and_it_equals_a_full_replay(store, tmp_path, monkeypatch) -> None:
+    """A large ingest keeps its rules-of-record fold; the next one starts from it and replays
+    only what came since. It must judge exactly as a replay of every event would: an order paid
+    in the first run still refuses a refund above what was paid and a third session."""
+    import orjson
+
+    from ledger import ingest as ingest_module
+    from ledger.ingest import load_record_state
+    from ledger.projector import Projector
+    from ledger.recording import RecordState
+
+    monkeypatch.setattr(ingest_module, "KEEP_RECORD_AFTER", 5)
+    first = ingest(store, tmp_path, CLINIC + ORDER + session("s1"), "first.jsonl")
+    assert not first.rejected
+    kept = Projector(store).kept_record()
+    assert kept is not None and kept[0] == max(r.position for r in store.read()), "as far as the last recorded event"
+
+    second = ingest(store, tmp_path, "\n".join([session("s2"), session("s3"), refund("r1", "1000.01")]), "second.jsonl")
+    reasons = sorted((r.event_id, r.field) for r in second.rejected)
+    assert reasons == [("r1", "amount"), ("s3", "order_id")], second.rejected
+    assert second.accepted == 1
+
+    replayed = RecordState()
+    replayed.replay((r.position, r.event) for r in store.read())
+    assert load_record_state(store).state() == replayed.state()
+    before = Projector(store).kept_record()
+    with Projector(store).tables.writing() as w:
+        w.clear()  # what a rebuild does first
+    assert Projector(store).kept_record() == before, "a rebuild keeps the rules-of-record fold"
+    assert orjson.loads(before[1])["position"] == kept[0] and second.accepted < ingest_module.KEEP_RECORD_AFTER, "kept only after enough new events"
+
