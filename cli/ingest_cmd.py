@@ -43,21 +43,39 @@ def report_json(report: IngestReport, collisions: list[dict] | None = None, coll
     }
 
 
-COLLISION_SCAN_LIMIT = 300_000
+COLLISION_SCAN_LIMIT = 300_000  # events: up to here a plain fold of the whole store is the cheaper check
+COLLISION_CHECK_LEADS = 5_000  # new leads: up to here their customers' components are folded, at any store size
 
 
 def collisions_seen(ledger, report: IngestReport) -> list[dict] | None:
     """Collisions (撞单) caused by leads this ingest accepted: the agent who collided is told at once.
-    None when the store is too large for the inline check (it folds the whole stream in memory;
-    above COLLISION_SCAN_LIMIT ingest stays bounded and `channel-ledger collisions` answers)."""
+
+    The customers of the new leads are folded alone — their connected components, found through
+    the index, with the kept reference data — which gives them the attribution a fold of the
+    whole store gives (`ledger.neighbourhood`), at a cost that follows the new leads, not the
+    store. A bulk load of more than `COLLISION_CHECK_LEADS` leads into a small store folds the
+    store instead (a sequential read beats that many index lookups); into a store above
+    `COLLISION_SCAN_LIMIT` events it is not checked inline (None) and `channel-ledger
+    collisions` answers."""
+    from cli.attribution_cmds import collision_json
+    from ledger.projector import Projector, components_of
+    from projections.pipeline import facts, facts_with
+
     if not report.accepted_leads or not report.written:
         return []
-    if ledger.position() > COLLISION_SCAN_LIMIT:
+    position = ledger.position()
+    if len(report.accepted_leads) <= COLLISION_CHECK_LEADS:
+        component = components_of(ledger, list(ledger.lookup(report.accepted_leads).values()))
+        kept = Projector(ledger).snapshot()
+        if kept is None:
+            reference = ledger.read_at(ledger.find(["d:"]) - {r.position for r in component})
+            f = facts(sorted([*component, *reference], key=lambda r: r.position), position)
+        else:
+            f = facts_with(component, position, *kept)
+    elif position <= COLLISION_SCAN_LIMIT:
+        f = facts(ledger.read(upto=position), position)
+    else:
         return None
-    from cli.attribution_cmds import collision_json
-    from projections.pipeline import facts
-
-    f = facts(ledger.read())
     if not f.book.adoptions:
         return []
     new = set(report.accepted_leads)
@@ -66,7 +84,7 @@ def collisions_seen(ledger, report: IngestReport) -> list[dict] | None:
 
 def print_collisions(collisions: list[dict] | None, new_leads: int) -> None:
     if collisions is None:
-        stdout.print(f"{new_leads:,} new leads: the store is too large for the inline collision check; run channel-ledger collisions")
+        stdout.print(f"{new_leads:,} new leads: too many for the inline collision check on a store this large; run channel-ledger collisions")
         return
     if not collisions:
         return

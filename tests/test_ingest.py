@@ -213,3 +213,27 @@ def test_a_later_ingest_checks_against_the_kept_state_and_it_equals_a_full_repla
     assert Projector(store).kept_record() == before, "a rebuild keeps the rules-of-record fold"
     assert orjson.loads(before[1])["position"] == kept[0] and second.accepted < ingest_module.KEEP_RECORD_AFTER, "kept only after enough new events"
 
+
+def test_the_collisions_an_ingest_reports_are_those_a_fold_of_the_whole_store_finds(store, tmp_path, monkeypatch) -> None:
+    """The inline collision check folds only the new leads' customers (their components, found
+    through the index): the collisions it reports are exactly those of a fold of everything."""
+    import orjson
+
+    from cli import ingest_cmd
+    from cli.store_cmds import adoption_event
+    from ledger.demo import generate
+    from ledger.ingest import ingest_events
+    from policies import default_rules
+
+    events = list(generate(seed=21, customers=500, months=3))
+    cut = len(events) * 3 // 4
+    assert not ingest_events(store, [adoption_event(default_rules())]).rejected
+    for name, part in (("head.jsonl", events[:cut]), ("tail.jsonl", events[cut:])):
+        (tmp_path / name).write_bytes(b"\n".join(orjson.dumps(e) for e in part))
+        report = ingest_files(store, [str(tmp_path / name)])
+        assert not report.rejected
+    by_components = ingest_cmd.collisions_seen(store, report)
+    monkeypatch.setattr(ingest_cmd, "COLLISION_CHECK_LEADS", 0)  # the whole store, folded
+    whole = ingest_cmd.collisions_seen(store, report)
+    assert by_components == whole
+    assert whole, "the demo's last quarter has collisions to find"
