@@ -34,6 +34,7 @@ from array import array
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 from typing import Any, TypeVar
 
 import orjson
@@ -181,15 +182,16 @@ class Projector:
         closes = [p for share in touched for p in share.closes]
         read = sum(share.read for share in touched)
         del touched
-        touches.sort(key=lambda tp: tp[0].key)
+        touches.sort(key=lambda touch: touch.key)
         identity = Identity()
-        for touch, _ in touches:
+        for touch in touches:
             identity.observe_touch(touch)
         component = array("l", [-1]) * (position + 1)  # position -> component number
         names: list[str] = []
         numbers: dict[str, int] = {}
         last: list[int] = []  # component number -> its last position
-        for touch, at in touches:
+        for touch in touches:
+            at = touch.key[2]  # the position `_compact` put there
             key = component_key_of(identity, touch.event_id, touch.refers)
             n = numbers.setdefault(key, len(names))
             if n == len(names):
@@ -350,14 +352,24 @@ class Projector:
         return kept.book, kept.directory
 
 
-def _compact(touch: Touch, shared: dict[Any, Any]) -> Touch:
-    """A touch with its identity keys and references interned: a customer's keys recur in each
-    of its events, and a rebuild holds a touch for every event (``shared``: one copy of each
-    distinct people tuple)."""
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_MICROSECOND = timedelta(microseconds=1)
+
+
+def _compact(touch: Touch, position: int, shared: dict[Any, Any]) -> Touch:
+    """A touch as small as a rebuild can hold one for every event (about 450 bytes instead of
+    560): identity keys and references interned (a customer's keys recur in each of its events;
+    ``shared`` holds one copy of each distinct people tuple), and the canonical key (occurred_at,
+    event_id) as (UTC microseconds, event_id, position) — the same order (aware times compare
+    as instants; ids are unique, so the position never decides), without a datetime and a tzinfo
+    per event, and carrying the event's position instead of a tuple around each touch. Only the
+    rebuild's own identity fold sees these keys, for ordering; it is dropped once each event has
+    its component."""
     people = tuple((tuple(map(sys.intern, keys)), None if plain is None else tuple(map(sys.intern, plain))) for keys, plain in touch.people)
     people = shared.setdefault(people, people)
+    moment, event_id = touch.key
     return Touch(
-        touch.event_id, touch.key, people, touch.merged,
+        event_id, ((moment - _EPOCH) // _MICROSECOND, event_id, position), people, touch.merged,  # type: ignore[arg-type]
         sys.intern(touch.defines) if touch.defines else None, sys.intern(touch.refers) if touch.refers else None,
     )
 
@@ -637,7 +649,7 @@ def _silent(stage: str, done: int, total: int | None) -> None:
 class _Touched:
     """The first pass over one range of positions."""
 
-    touches: list[tuple[Touch, int]]
+    touches: list[Touch]  # `_compact`ed
     reference: list[Positioned]
     closes: list[Positioned]
     read: int
@@ -654,7 +666,7 @@ def _touches(store: LedgerStore, after: int, upto: int, tick: Progress, orphaned
         elif is_reference_data(event):
             done.reference.append((r.position, event))
         else:
-            done.touches.append((_compact(touch_of(event), shared), r.position))
+            done.touches.append(_compact(touch_of(event), r.position, shared))
         done.read += 1
         if done.read % 10000 == 0:
             tick("reading", done.read, upto - after)
