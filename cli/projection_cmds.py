@@ -9,7 +9,7 @@ import typer
 
 from cli.common import JsonOption, StoreOption, emit_json, opened_store, stdout
 from cli.ingest_cmd import event_progress
-from ledger.projector import Projector, Refreshed
+from ledger.projector import Projector, Refreshed, Workers
 
 app = typer.Typer()
 WorkersOption = Annotated[int | None, typer.Option(
@@ -29,7 +29,8 @@ def _run(store: str | None, full: bool, workers: int | None = None) -> tuple[Ref
 
         started = time.perf_counter()
         projector = Projector(ledger)
-        done = projector.rebuild(progress, workers) if full else projector.refresh(progress, workers)
+        shares: Workers = "auto" if workers is None else workers
+        done = projector.rebuild(progress, shares) if full else projector.refresh(progress, shares)
         return done, time.perf_counter() - started
 
 

@@ -6,8 +6,9 @@ collector runs after every 700 allocations and, each time an older generation fi
 everything still alive: measured on 100,000 stored events, decoding them while keeping them took
 57 µs an event with the collector on and 23 µs with it off. The folds create no reference
 cycles (frozen models, tuples, dicts of plain data), so nothing is left for the collector to
-find; reference counting frees what they drop as before, and the collector is back, with a full
-collection, the moment the work ends.
+find; reference counting frees what they drop as before, and the collector is back the moment
+the work ends (no forced collection then: in a long-lived service with a large heap that would
+cost each request what the pause saved).
 """
 
 from __future__ import annotations
@@ -28,4 +29,3 @@ def collector_paused() -> Iterator[None]:
         yield
     finally:
         gc.enable()
-        gc.collect()

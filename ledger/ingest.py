@@ -99,7 +99,7 @@ def load_record_state(store: LedgerStore, state: RecordState | None = None) -> R
     fresh state starts from the fold the last large ingest kept (`keep_record_state`), so an
     ingest into a store of a million events replays the events since, not the million."""
     state = state or RecordState()
-    if state.position == 0:
+    if state.pristine:  # never over a state that holds anything (an atomic run's held events)
         kept = Projector(store).kept_record()
         if kept is not None and kept[0] <= store.position():
             state.restore(orjson.loads(kept[1]))
@@ -110,9 +110,10 @@ def load_record_state(store: LedgerStore, state: RecordState | None = None) -> R
 def keep_record_state(store: LedgerStore, state: RecordState) -> None:
     """Keep a committed rules-of-record state for the next ingest, when it has come far enough
     since the kept one (keeping costs a write of every order's balance)."""
-    kept = Projector(store).kept_record()
+    projector = Projector(store)
+    kept = projector.kept_record(state=False)
     if state.position - (kept[0] if kept is not None else 0) >= KEEP_RECORD_AFTER:
-        Projector(store).keep_record(state.position, orjson.dumps(state.state()))
+        projector.keep_record(state.position, orjson.dumps(state.state()))
 
 
 Verdict = tuple[str, Candidate, tuple[str, str] | None]  # accepted / repeated / waiting / rejected, (field, reason)

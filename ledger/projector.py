@@ -26,16 +26,14 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-import pickle
 import resource
 import sys
-import tempfile
 from array import array
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import orjson
 
@@ -139,10 +137,11 @@ class Projector:
 
     # -- the rules-of-record state, kept for the next ingest -----------------------------------
 
-    def kept_record(self) -> tuple[int, bytes] | None:
+    def kept_record(self, state: bool = True) -> tuple[int, bytes] | None:
         """The rules-of-record fold (`ledger.recording.RecordState.state`) an ingest kept, and
-        its position: the next ingest replays only what came after it."""
-        return self.tables.header(RECORD)
+        its position: the next ingest replays only what came after it (``state`` False: the
+        position alone)."""
+        return self.tables.header(RECORD, state)
 
     def keep_record(self, position: int, state: bytes) -> None:
         """Keep a rules-of-record fold that reached ``position`` — unless a fold at least as far
@@ -152,13 +151,12 @@ class Projector:
 
     # -- rebuild -----------------------------------------------------------------------------
 
-    def rebuild(self, progress: Progress | None = None, workers: int | None = None) -> Refreshed:
-        """See `_rebuild`. ``workers``: processes that settle customers side by side (default:
-        one per core, up to `MAX_WORKERS`, for stores of `PARALLEL_FROM` events or more)."""
+    def rebuild(self, progress: Progress | None = None, workers: Workers = 1) -> Refreshed:
+        """See `_rebuild`. ``workers``: processes that settle customers side by side (`shares_for`)."""
         with collector_paused():
             return self._rebuild(progress, workers)
 
-    def _rebuild(self, progress: Progress | None, workers: int | None) -> Refreshed:
+    def _rebuild(self, progress: Progress | None, workers: Workers) -> Refreshed:
         """Drop the kept projections and recompute them from every event.
 
         Two passes, so that memory follows what is kept, not the decoded history: the first
@@ -170,7 +168,7 @@ class Projector:
         ranges of positions, the second by component number."""
         tick = progress or (lambda stage, done, total: None)
         position = self.store.position()
-        shares = workers if workers is not None else default_workers(position)
+        shares = shares_for(self.store, workers, position)
         bounds = [position * share // shares for share in range(shares + 1)]
 
         def read_share(store: LedgerStore, share: int, orphaned: Callable[[], bool]) -> _Touched:
@@ -241,11 +239,11 @@ class Projector:
             summary, lines = kept_statement_state(statement)
             w.put_statement(month, orjson.dumps(summary), lines, kept.position)
 
-    def _fold(self, recorded: list[Positioned], position: int, tick: Progress, closes: Iterable[Positioned], reference: Reference, workers: int | None) -> tuple[dict[tuple[str, str], bytes], int]:
+    def _fold(self, recorded: list[Positioned], position: int, tick: Progress, closes: Iterable[Positioned], reference: Reference, workers: Workers) -> tuple[dict[tuple[str, str], bytes], int]:
         """The parts of every component of ``recorded`` (shared out to workers when large)."""
         components = list(split(recorded).components.items())
         closes = list(closes)
-        shares = workers if workers is not None else default_workers(len(recorded))
+        shares = shares_for(self.store, workers, len(recorded))
 
         def fold_share(store: LedgerStore, share: int, orphaned: Callable[[], bool]) -> dict[tuple[str, str], bytes]:
             parts: dict[tuple[str, str], bytes] = {}
@@ -268,24 +266,27 @@ class Projector:
 
     # -- refresh -----------------------------------------------------------------------------
 
-    def refresh(self, progress: Progress | None = None, workers: int | None = None) -> Refreshed:
+    def refresh(self, progress: Progress | None = None, workers: Workers = 1) -> Refreshed:
         """Bring the kept projections up to the store's position, reading only what is new
         (``workers``: as for `rebuild`, for refolding the customers the new events touch)."""
         for _attempt in range(5):
             try:
-                with collector_paused():
-                    return self._refresh(progress, workers)
+                return self._refresh(progress, workers)
             except StaleProjection:
                 continue
         raise StoreError("the settlement projection kept changing under this command; try again")
 
-    def _refresh(self, progress: Progress | None, workers: int | None) -> Refreshed:
+    def _refresh(self, progress: Progress | None, workers: Workers) -> Refreshed:
         kept = self.kept()
         if kept is None:
             return self.rebuild(progress, workers)
         position = self.store.position()
         if position == kept.position:
             return Refreshed("current", position, 0, 0, 0)
+        with collector_paused():
+            return self._catch_up(kept, position, progress, workers)
+
+    def _catch_up(self, kept: Kept, position: int, progress: Progress | None, workers: Workers) -> Refreshed:
         new = list(self.store.read(after=kept.position, upto=position))
         if any(is_reference_data(r.event) for r in new):
             done = self.rebuild(progress, workers)
@@ -406,17 +407,12 @@ class _Writer:
 
     def clear(self) -> None:
         """Drop and recreate the tables (a rebuild also brings an older layout up to date). The
-        rules-of-record fold ingest keeps is not a projection a rebuild recomputes: it stays."""
-        h, m = self.t.header_table, self.t.mark
-        self.c.execute(f"SELECT position, state FROM {h} WHERE name = {m}", (RECORD,))
-        record = self.c.fetchone()
-        for table in (self.t.parts_table, h, self.t.statement_table):
+        rules-of-record fold an ingest kept goes too: a rebuild is the remedy after a code
+        change, and the next ingest replays the store once and keeps a fresh one."""
+        for table in (self.t.parts_table, self.t.header_table, self.t.statement_table):
             self.c.execute(f"DROP TABLE IF EXISTS {table}")
         for statement in self.t.ddl():
             self.c.execute(statement)
-        if record is not None:
-            position, state = (record["position"], record["state"]) if isinstance(record, dict) else record
-            self.put_newer_header(RECORD, position, bytes(state))
 
     def put_header(self, name: str, expected: int | None, position: int, state: bytes) -> None:
         """Write the header; ``expected``: the position this refresh started from (None: a rebuild)."""
@@ -433,12 +429,13 @@ class _Writer:
             raise StaleProjection()
 
     def put_newer_header(self, name: str, position: int, state: bytes) -> None:
-        """Write the header unless one at ``position`` or later is there."""
+        """Write the header unless one at ``position`` or later is there (one statement: two
+        writers racing for a first row must not fail on the key)."""
         h, m = self.t.header_table, self.t.mark
-        self.c.execute(f"DELETE FROM {h} WHERE name = {m} AND position < {m}", (name, position))
         self.c.execute(
-            f"INSERT INTO {h} (name, position, state) SELECT {m}, {m}, {m} WHERE NOT EXISTS (SELECT 1 FROM {h} WHERE name = {m})",
-            (name, position, state, name),
+            f"INSERT INTO {h} AS kept (name, position, state) VALUES ({m}, {m}, {m}) ON CONFLICT (name) DO UPDATE "
+            f"SET position = excluded.position, state = excluded.state WHERE kept.position < excluded.position",
+            (name, position, state),
         )
 
     def drop_components(self, keys: Iterable[str]) -> set[str]:
@@ -492,11 +489,12 @@ class _SqliteTables:
             f"CREATE TABLE IF NOT EXISTS {STATEMENT_TABLE} (month TEXT PRIMARY KEY, state BLOB NOT NULL, lines BLOB NOT NULL)",
         ]
 
-    def header(self, name: str) -> tuple[int, bytes] | None:
+    def header(self, name: str, state: bool = True) -> tuple[int, bytes] | None:
+        """(position, state) of a header; without ``state`` its bytes are not fetched (b"")."""
         with self.datastore.transaction(commit=False) as c:
-            c.execute(f"SELECT position, state FROM {PROJECTION_TABLE} WHERE name = ?", (name,))
+            c.execute(f"SELECT position, {'state' if state else 'NULL'} FROM {PROJECTION_TABLE} WHERE name = ?", (name,))
             row = c.fetchone()
-        return (row[0], bytes(row[1])) if row else None
+        return (row[0], bytes(row[1]) if state else b"") if row else None
 
     def parts(self, month: str) -> list[bytes]:
         with self.datastore.transaction(commit=False) as c:
@@ -562,11 +560,11 @@ class _PostgresTables:
             f"CREATE TABLE IF NOT EXISTS {self.statement_table} (month text PRIMARY KEY, state bytea NOT NULL, lines bytea NOT NULL)",
         ]
 
-    def header(self, name: str) -> tuple[int, bytes] | None:
+    def header(self, name: str, state: bool = True) -> tuple[int, bytes] | None:
         with self.datastore.get_connection() as conn, conn.cursor() as curs:
-            curs.execute(f"SELECT position, state FROM {self.header_table} WHERE name = %s", (name,))
+            curs.execute(f"SELECT position, {'state' if state else 'NULL AS state'} FROM {self.header_table} WHERE name = %s", (name,))
             row = curs.fetchone()
-        return (row["position"], bytes(row["state"])) if row else None
+        return (row["position"], bytes(row["state"]) if state else b"") if row else None
 
     def parts(self, month: str) -> list[bytes]:
         with self.datastore.get_connection() as conn, conn.cursor() as curs:
@@ -613,17 +611,28 @@ MAX_WORKERS = 4
 PARALLEL_FROM = 50_000  # events: below this a worker's start-up costs more than it saves
 
 
-def default_workers(events: int) -> int:
-    """Processes for a rebuild of ``events`` events: ``CHANNEL_LEDGER_WORKERS`` if set, else one
-    per core (up to `MAX_WORKERS`) once the store is large enough to gain from them."""
+Workers = int | Literal["auto"]  # processes; "auto": `shares_for`
+
+
+def shares_for(store: LedgerStore, workers: Workers, events: int) -> int:
+    """How many processes fold ``events`` events. A number is taken as given; ``"auto"`` (what
+    ``rebuild`` and ``refresh`` on the command line ask for) is ``CHANNEL_LEDGER_WORKERS`` or
+    one per core, up to `MAX_WORKERS`, once there are `PARALLEL_FROM` events to gain on. Library
+    callers (``settle``, the service) default to 1: forking from inside a threaded server or
+    under a live progress display is not theirs to decide. A store only this process can see (an
+    in-memory SQLite database) is always folded here."""
+    if store.location.kind == "sqlite" and ":memory:" in store.location.env.get("SQLITE_DBNAME", ""):
+        return 1
+    if workers != "auto":
+        return max(1, int(workers))
+    if events < PARALLEL_FROM:
+        return 1
     configured = os.environ.get("CHANNEL_LEDGER_WORKERS", "").strip()
     if configured:
         try:
             return max(1, int(configured))
         except ValueError:
             raise StoreError(f"CHANNEL_LEDGER_WORKERS must be a whole number, not {configured!r}") from None
-    if events < PARALLEL_FROM:
-        return 1
     return max(1, min(MAX_WORKERS, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
 
 
@@ -710,34 +719,50 @@ def _shared_out(store: LedgerStore, shares: int, work: Callable[[LedgerStore, in
     (MiB) of the process that did it (0.0 for this one): share 0 here, the others at the same
     time in forked workers. A worker inherits what this process built (nothing is pickled on
     the way in), opens its own connection (the inherited one is never touched), and hands its
-    result back through a file. ``orphaned()`` tells a worker that the rebuild which started it
-    is gone (killed): it then exits without finishing."""
+    result back through a pipe — never a file: results hold identity keys, which must not
+    outlive the processes. ``orphaned()`` tells a worker that the rebuild which started it is
+    gone (killed): it then exits without finishing. If anything fails, every worker is stopped."""
     if shares <= 1:
         return [(work(store, 0, lambda: False), 0.0)]
     context = multiprocessing.get_context("fork")
-    with tempfile.TemporaryDirectory(prefix="channel-ledger-rebuild-") as scratch:
-        started = []
-        for share in range(1, shares):
-            out = os.path.join(scratch, f"share-{share}.pickle")
-            worker = context.Process(target=_worker, args=(store, work, share, out, os.getpid()), daemon=True)
-            worker.start()
-            started.append((worker, out))
-        results = [(work(store, 0, lambda: False), 0.0)]
-        for worker, out in started:
-            worker.join()
-            if worker.exitcode != 0:
-                raise StoreError(f"a rebuild worker failed (exit code {worker.exitcode}); nothing was changed")
-            with open(out, "rb") as handle:
-                results.append(pickle.load(handle))
-    return results
-
-
-def _worker(store: LedgerStore, work: Callable[[LedgerStore, int, Callable[[], bool]], Any], share: int, out: str, parent: int) -> None:
-    own = LedgerStore(store.url, key=store.key)
+    started: list[tuple[Any, Any]] = []
     try:
-        result = work(own, share, lambda: os.getppid() != parent)
+        for share in range(1, shares):
+            receiver, sender = context.Pipe(duplex=False)
+            worker = context.Process(target=_worker, args=(store, work, share, sender, os.getpid()), daemon=True)
+            worker.start()
+            sender.close()  # the worker's end: a worker that dies is then seen as the end of the pipe
+            started.append((worker, receiver))
+        results = [(work(store, 0, lambda: False), 0.0)]
+        for worker, receiver in started:
+            try:
+                outcome, payload = receiver.recv()
+            except EOFError:
+                outcome, payload = "failed", "it ended without an answer"
+            worker.join()
+            if outcome != "done":
+                raise StoreError(f"a worker process failed ({payload}; exit code {worker.exitcode}); nothing was changed")
+            results.append(payload)
+        return results
     finally:
-        own.close()
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    with open(out, "wb") as handle:
-        pickle.dump((result, peak), handle, protocol=pickle.HIGHEST_PROTOCOL)
+        for worker, receiver in started:
+            if worker.is_alive():
+                worker.terminate()
+            worker.join()
+            receiver.close()
+
+
+def _worker(store: LedgerStore, work: Callable[[LedgerStore, int, Callable[[], bool]], Any], share: int, sender: Any, parent: int) -> None:
+    orphaned = lambda: os.getppid() != parent  # noqa: E731
+    try:
+        own = LedgerStore(store.url, key=store.key)
+        try:
+            result = work(own, share, orphaned)
+        finally:
+            own.close()
+    except BaseException as error:  # told to the parent, which says it once, in its own words
+        sender.send(("failed", f"{type(error).__name__}: {error}".splitlines()[0][:300]))
+        os._exit(1)
+    if orphaned():
+        os._exit(3)
+    sender.send(("done", (result, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)))

@@ -141,6 +141,11 @@ class RecordState:
         }
         return data
 
+    @property
+    def pristine(self) -> bool:
+        """Nothing folded in yet (what a kept fold may be restored into)."""
+        return self.position == 0 and not self.orders and not any(getattr(self, name) for name in self._TABLES)
+
     def restore(self, data: dict[str, Any]) -> bool:
         """Take over a kept fold (in place: a long-lived state keeps its identity); False, and
         nothing changed, when it was kept in another format."""

@@ -199,3 +199,23 @@ def test_one_customers_attribution_with_the_kept_reference_data_equals_the_full_
         assert Projector(store).snapshot() is None, "newer reference data: read it from the events"
         local = load_from(store, customers[0])
         assert "late-staff" in local.directory.staff
+
+
+def test_a_failing_worker_process_fails_the_rebuild_with_its_reason_and_leaves_no_worker(store_url: str) -> None:
+    import multiprocessing
+
+    import pytest
+
+    from ledger.projector import _shared_out
+    from ledger.store import StoreError
+
+    def work(store: LedgerStore, share: int, orphaned) -> int:
+        if share == 1:
+            raise ValueError("share 1 cannot be settled")
+        return share
+
+    with LedgerStore(store_url) as store:
+        assert [r for r, _ in _shared_out(store, 1, work)] == [0]
+        with pytest.raises(StoreError, match="ValueError: share 1 cannot be settled"):
+            _shared_out(store, 3, work)
+    assert not multiprocessing.active_children()
