@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import datetime
 from typing import Annotated, Any, NoReturn
 
@@ -13,7 +14,7 @@ from cli.store_cmds import describe
 from ledger.events import LeadCaptured, LedgerEvent
 from ledger.neighbourhood import neighbourhood
 from ledger.projector import Projector
-from ledger.store import LedgerStore
+from ledger.store import LedgerStore, Recorded
 from ledger.privacy import mask_key, mask_ref
 from projections.attribution import Collision, CustomerAttribution, Decision, Ownership, describe_lead
 from projections.customers import customer_events, find_possible_duplicates
@@ -37,14 +38,26 @@ def load_from(ledger: LedgerStore, ref: str | None = None) -> Facts:
     if ref is None:
         loaded = facts(ledger.read(upto=position), position)
     else:
-        kept = Projector(ledger).snapshot()  # the reference data as kept, when nothing newer came
-        found = [r for r in neighbourhood(ledger, ref, reference=kept is None) if r.position <= position]
+        found = [r for r in neighbourhood(ledger, ref, reference=False) if r.position <= position]
         if not found:
             unknown_customer(ref)
-        loaded = facts(found, position) if kept is None else facts_with(found, position, *kept)
+        loaded = local_facts(ledger, found, position)
     if not loaded.book.adoptions:
         fail("no rule set has been adopted in this store", hint="run: channel-ledger init")
     return loaded
+
+
+def local_facts(ledger: LedgerStore, found: Iterable[Recorded], position: int) -> Facts:
+    """Facts of some customers alone — their events found through the index (a neighbourhood,
+    or the components of new leads) — as of ``position``: with the rule book and reference data
+    as kept, when nothing newer was recorded, else with the reference data read through the index."""
+    found = [r for r in found if r.position <= position]
+    kept = Projector(ledger).snapshot()
+    if kept is not None:
+        return facts_with(found, position, *kept)
+    have = {r.position for r in found}
+    reference = [r for r in ledger.read_at(ledger.find(["d:"]) - have) if r.position <= position]
+    return facts(sorted([*found, *reference], key=lambda r: r.position), position)
 
 
 class UnknownCustomer(CommandError):

@@ -57,21 +57,15 @@ def collisions_seen(ledger, report: IngestReport) -> list[dict] | None:
     store instead (a sequential read beats that many index lookups); into a store above
     `COLLISION_SCAN_LIMIT` events it is not checked inline (None) and `channel-ledger
     collisions` answers."""
-    from cli.attribution_cmds import collision_json
-    from ledger.projector import Projector, components_of
-    from projections.pipeline import facts, facts_with
+    from cli.attribution_cmds import collision_json, local_facts
+    from ledger.projector import components_of
+    from projections.pipeline import facts
 
     if not report.accepted_leads or not report.written:
         return []
     position = ledger.position()
     if len(report.accepted_leads) <= COLLISION_CHECK_LEADS:
-        component = components_of(ledger, list(ledger.lookup(report.accepted_leads).values()))
-        kept = Projector(ledger).snapshot()
-        if kept is None:
-            reference = ledger.read_at(ledger.find(["d:"]) - {r.position for r in component})
-            f = facts(sorted([*component, *reference], key=lambda r: r.position), position)
-        else:
-            f = facts_with(component, position, *kept)
+        f = local_facts(ledger, components_of(ledger, list(ledger.lookup(report.accepted_leads).values())), position)
     elif position <= COLLISION_SCAN_LIMIT:
         f = facts(ledger.read(upto=position), position)
     else:
