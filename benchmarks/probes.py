@@ -79,6 +79,10 @@ def timed_calls(call: Callable[[], None], repeat: int) -> dict[str, float]:
 def latency(store_url: str, ref: str, repeat: int) -> dict[str, dict[str, float]]:
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     from cli.attribution_cmds import attribution, attribution_json, find_customer, load_from, trace, trace_json
+    from cli.common import json_bytes
+
+    def emit(body: object) -> None:
+        json_bytes(body)  # the bytes `serve` sends (`cli.service.LedgerJSON`)
     from ledger.store import LedgerStore
 
     timings = {
@@ -90,7 +94,7 @@ def latency(store_url: str, ref: str, repeat: int) -> dict[str, dict[str, float]
         def served(render: Callable[..., object]) -> Callable[[], None]:
             def call() -> None:
                 f = load_from(store, ref)
-                render(find_customer(f, ref), f, unmasked=False)
+                emit(render(find_customer(f, ref), f, unmasked=False))
             return call
 
         timings["attribution served"] = timed_calls(served(attribution_json), repeat)
