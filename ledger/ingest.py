@@ -198,6 +198,8 @@ class Ingest:
         self.report.rejected.sort(key=lambda r: (r.file, r.line, r.field))
         if self.report.written:  # an atomic run that wrote nothing holds events that are not recorded
             keep_record_state(self.store, self.state)
+        if self.report.written and self.report.accepted:
+            self.store.update_statistics()  # before the collision check and the refresh that follow
         return self.report
 
     # -- internals -----------------------------------------------------------------------
@@ -331,6 +333,8 @@ def ingest_whole(store: LedgerStore, lines: Iterable[SourceLine], state: RecordS
             state.rollback()  # the state outlives this request: never leave it half-folded
             raise
         state.commit(max(positions) if positions else None)
+        if positions:
+            store.update_statistics()
         report.note_positions(positions)
         report.accepted = len(accepted)
         report.accepted_leads = [c.event.event_id for c in accepted if c.event.type == "lead.captured"]

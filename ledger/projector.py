@@ -40,7 +40,7 @@ import orjson
 from ledger.collector import collector_paused
 from ledger.events import PolicyAdopted, SettlementClosed, parse_event
 from ledger.identity import Identity, Touch, index_terms, is_reference_data, touch_of
-from ledger.store import LedgerStore, Recorded, StoreError
+from ledger.store import LedgerStore, Recorded, StoreError, analyze_grown
 from policies import NoRulesInForce, RuleBook
 from projections.attribution import rule_book
 from projections.directory import Directory, build_directory
@@ -217,6 +217,7 @@ class Projector:
             w.put_parts(parts)
             w.put_header(SETTLEMENT, None, kept.position, kept.state())
             self._keep_merged(w, kept, parts, tick)
+        self.tables.update_statistics(count)  # the tables are new: the planner has never seen them
         return Refreshed("rebuild", position, read, settled, count, workers_peak_rss_mib=worker_rss)
 
     @staticmethod
@@ -520,6 +521,10 @@ class _SqliteTables:
             yield _Writer(c, self)
 
     @staticmethod
+    def update_statistics(rows: int) -> bool:
+        return False  # see `LedgerStore.update_statistics`
+
+    @staticmethod
     def changed(c: Any) -> int:
         c.execute("SELECT changes()")
         return int(c.fetchone()[0])
@@ -588,6 +593,10 @@ class _PostgresTables:
     def writing(self) -> Iterator[_Writer]:
         with self.datastore.get_connection() as conn, conn.transaction(), conn.cursor() as curs:
             yield _Writer(curs, self)
+
+    def update_statistics(self, rows: int) -> bool:
+        """After a rebuild: let the planner see the parts (``rows``) — `LedgerStore.update_statistics`."""
+        return analyze_grown(self.datastore, [self.parts_table, self.statement_table], rows)
 
     @staticmethod
     def changed(c: Any) -> int:

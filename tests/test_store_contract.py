@@ -88,3 +88,27 @@ def test_a_second_connection_sees_what_the_first_wrote(store_url: str) -> None:
         first.append(stores(2), first.head())
     with LedgerStore(store_url) as second:
         assert [r.event.event_id for r in second.read()] == ["s0", "s1"]
+
+
+def test_after_an_ingest_run_the_planner_has_seen_the_tables_grow(store_url: str) -> None:
+    """A never-analysed PostgreSQL table is read whole by a lookup of its terms (SQLite needs no
+    statistics): an ingest run leaves its statistics current, once, not per chunk."""
+    from ledger.ingest import ingest_events
+
+    with LedgerStore(store_url) as ledger:
+        ingest_events(ledger, stores(1200))
+        pg = ledger.location.kind == "postgresql"
+        if pg:
+            assert _reltuples(ledger, ledger.backend.index) >= 1200  # analysed: the index holds a term per store and more
+            assert _reltuples(ledger, ledger.backend.qualified) >= 1200
+        assert ledger.update_statistics() is False  # nothing grew since
+        ingest_events(ledger, stores(10, "b"))
+        assert ledger.update_statistics() is False  # ten events are not a tenth
+        ledger.append(stores(1500, "c"), ledger.head())
+        assert ledger.update_statistics() is pg  # 1,500 more: now they are
+
+
+def _reltuples(ledger: LedgerStore, table: str) -> float:
+    with ledger.recorder.datastore.get_connection() as conn, conn.cursor() as curs:
+        curs.execute("SELECT reltuples FROM pg_class WHERE oid = %s::regclass", (table,))
+        return float(curs.fetchone()["reltuples"])
