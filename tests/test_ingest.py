@@ -209,9 +209,19 @@ def test_a_later_ingest_checks_against_the_kept_state_and_it_equals_a_full_repla
     assert load_record_state(store).state() == replayed.state()
     assert Projector(store).kept_record() == kept and second.accepted < ingest_module.KEEP_RECORD_AFTER, "kept only after enough new events"
     with Projector(store).tables.writing() as w:
-        w.clear()  # what a rebuild does first: the remedy after a code change
-    assert Projector(store).kept_record() is None
-    assert load_record_state(store).state() == replayed.state(), "the next ingest replays the store"
+        w.clear()  # what a rebuild does first: the settlement projection goes, the ingest's fold stays
+    assert Projector(store).kept_record() == kept, "a rebuild costs the next ingest no replay"
+
+    reads: list[int] = []
+    read = store.read
+    monkeypatch.setattr(store, "read", lambda after=0, **kw: reads.append(after) or read(after=after, **kw))
+    assert load_record_state(store).state() == replayed.state() and reads == [kept[0]], "it reads only what came since"
+
+    monkeypatch.setattr(RecordState, "FORMAT", "sha256:another-version-of-the-fold")  # the fold's code changed
+    assert RecordState().restore(orjson.loads(kept[1])) is False, "a fold kept by other code is not taken over"
+    fresh = load_record_state(store)
+    assert reads[1:] == [0], "the next ingest replays the store"
+    assert fresh.state() == {**replayed.state(), "format": "sha256:another-version-of-the-fold"}
 
 
 def test_the_collisions_an_ingest_reports_are_those_a_fold_of_the_whole_store_finds(store, tmp_path, monkeypatch) -> None:
