@@ -759,6 +759,18 @@ class _PostgresBackend:
             curs.execute(sql, (positions,))
             return [(r["notification_id"], r["topic"], bytes(r["state"])) for r in curs.fetchall()]
 
+    @staticmethod
+    def _binary_rows(curs: Any) -> None:
+        """Send this cursor's arrays to the server in binary. The library's insert passes the
+        stored events as an array of its composite type with a plain ``%s``, for which psycopg
+        picks its text array dumper, and so the composite's text dumper: every event's JSON state
+        is quoted and escaped with regular expressions, twice (as a field, then as an array
+        element) — 3.7 of 13.3 s of a 100,000-event ingest (cProfile). With the binary array
+        dumper registered on this cursor alone, ``%s`` sends the bytes as they are."""
+        from psycopg.types.array import ListBinaryDumper
+
+        curs.adapters.register_dumper(list, ListBinaryDumper)
+
     def update_statistics(self, rows: int) -> bool:
         return analyze_grown(self.recorder.datastore, [self.qualified, self.index, self.keys], rows)
 
@@ -778,6 +790,7 @@ class _PostgresBackend:
         out: list[list[int]] = []
         with self.recorder.datastore.get_connection() as conn:
             with conn.transaction(), conn.cursor() as curs:
+                self._binary_rows(curs)
                 for chunk in chunks:
                     # The library's statements (table lock, NOTIFY, unnest insert ... RETURNING),
                     # one bounded statement at a time and outside psycopg's pipeline mode.
@@ -788,13 +801,13 @@ class _PostgresBackend:
                 for i in range(0, len(rows), 4 * CHUNK_EVENTS):
                     part = rows[i : i + 4 * CHUNK_EVENTS]
                     curs.execute(
-                        f"INSERT INTO {self.index} (term, position) SELECT * FROM unnest(%s::text[], %s::bigint[])",
+                        f"INSERT INTO {self.index} (term, position) SELECT * FROM unnest(%b::text[], %b::bigint[])",
                         ([t for t, _ in part], [p for _, p in part]),
                     )
                 for i in range(0, len(data_keys), CHUNK_EVENTS):
                     part_keys = data_keys[i : i + CHUNK_EVENTS]
                     curs.execute(
-                        f"INSERT INTO {self.keys} (position, event_id, wrapped) SELECT * FROM unnest(%s::bigint[], %s::text[], %s::bytea[])",
+                        f"INSERT INTO {self.keys} (position, event_id, wrapped) SELECT * FROM unnest(%b::bigint[], %b::text[], %b::bytea[])",
                         ([positions[n] for n, _, _ in part_keys], [e for _, e, _ in part_keys], [w for _, _, w in part_keys]),
                     )
                 if key_check is not None:
