@@ -115,8 +115,8 @@ class Identity:
                 self.stored_key_of[plain] = stored
                 self.plain_key_of[stored] = plain
         found: list[CustomerId] = []
-        for key in keys:
-            owner = self.owner_of_key.get(key)
+        for identity_key in keys:
+            owner = self.owner_of_key.get(identity_key)
             if owner is not None:
                 owner = self.root(owner)
                 if owner not in found:
@@ -133,10 +133,10 @@ class Identity:
             for other in found[1:]:
                 kinds = tuple(sorted({k.split(":", 1)[0].rstrip("?") for k in keys}))
                 self.merge_candidates.append(MergeCandidate(customer, other, event_id, key[0], kinds))
-        for key in keys:
-            if key not in self.owner_of_key:
-                self.owner_of_key[key] = customer
-                self.keys_of[customer].append(key)
+        for identity_key in keys:
+            if identity_key not in self.owner_of_key:
+                self.owner_of_key[identity_key] = customer
+                self.keys_of[customer].append(identity_key)
         return customer
 
     def observe(self, event: LedgerEvent) -> CustomerId | None:

@@ -64,6 +64,10 @@ def test_first_valid_lead_wins_across_identity_keys_linked_later() -> None:
     """)
     [candidate] = a.identity.merge_candidates
     assert candidate.event_id == "o1" and candidate.keys == ("phone", "wechat")
+    wechat, phone = a.identity.lookup("wx_sun"), a.identity.lookup("18612345678")
+    assert (candidate.kept, candidate.other) == (wechat, phone), "the order goes to the customer created first (l8, 2 July)"
+    assert candidate.occurred_at == at("2026-07-06T10:00:00+08:00")
+    assert a.identity.customers() == [wechat, phone]
 
 
 def test_first_valid_lead_wins_across_a_merge() -> None:

@@ -89,3 +89,21 @@ def test_ingest_tells_the_agent_about_the_collision_at_once(tmp_path, sqlite_sto
     assert "l2: a2 / gym collided with owner a1 / ortho" in text and "inside protection" in text
     as_json = orjson.loads(run_cli(["ingest", late, "--store", sqlite_store_url, "--json"]).stdout)
     assert as_json["collisions"] == []  # a repeated line is not a new collision
+
+
+def test_collisions_lists_a_merge_candidate_with_when_it_happened(tmp_path, sqlite_store_url) -> None:
+    """An order naming the keys of two customers: `collisions` shows it for review, in its month."""
+    path = write(tmp_path, CLINIC + """
+        {"event_id": "l9", "type": "lead.captured", "occurred_at": "2026-07-05T10:00:00+08:00", "person": {"phone": "18612345678"}, "via": "scan", "entry_point_id": "qr-ortho-a1"}
+        {"event_id": "l8", "type": "lead.captured", "occurred_at": "2026-07-02T10:00:00+08:00", "person": {"wechat_id": "wx_sun"}, "via": "scan", "entry_point_id": "qr-gym-a2"}
+        {"event_id": "o1", "type": "order.paid", "occurred_at": "2026-07-06T10:00:00+08:00", "order_id": "so-1", "person": {"wechat_id": "wx_sun", "phone": "18612345678"}, "store_id": "sh-jingan", "closed_by": "c1", "paid_via": "store", "items": [{"sku": "a", "product_class": "assessment", "sessions": 0, "amount": "199"}]}
+    """)
+    assert run_cli(["init", "--store", sqlite_store_url]).returncode == 0
+    assert run_cli(["ingest", path, "--store", sqlite_store_url]).returncode == 0
+    done = run_cli(["collisions", "--month", "2026-07", "--json", "--store", sqlite_store_url])
+    assert done.returncode == 0, done.stderr.decode()
+    [candidate] = orjson.loads(done.stdout)["merge_candidates"]
+    assert (candidate["event_id"], candidate["at"][:16], candidate["keys"]) == ("o1", "2026-07-06T10:00", ["phone", "wechat"])
+    assert orjson.loads(run_cli(["collisions", "--month", "2026-08", "--json", "--store", sqlite_store_url]).stdout)["merge_candidates"] == []
+    shown = run_cli(["collisions", "--store", sqlite_store_url])
+    assert shown.returncode == 0 and "1 merge candidates" in shown.stdout.decode()
