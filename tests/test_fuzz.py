@@ -280,8 +280,8 @@ def set_path(obj: Any, path: tuple[Any, ...], value: Any) -> Any:
         copy = dict(obj)
         if not rest and value is DELETE:
             copy.pop(head, None)
-        else:
-            copy[head] = set_path(obj[head], rest, value)
+        else:  # a leaf may be new: a bad phone beside a person's WeChat id
+            copy[head] = set_path(obj[head], rest, value) if rest else value
         return copy
     copy_list = list(obj)
     if not rest and value is DELETE:
