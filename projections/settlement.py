@@ -455,6 +455,24 @@ def digest_of(content: dict[str, Any]) -> str:
     return hashlib.sha256(orjson.dumps(content, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
+_NO_LINES = b'{"lines":[],'
+
+
+def statement_digest(month: str, versions: Sequence[str], lines: Iterable[dict[str, Any]], totals: Sequence[PayeeTotal]) -> str:
+    """``digest_of(content_of(...))`` with the lines hashed one at a time as they come, so that
+    a month of 130,000 lines is never held as JSON objects and one string at once (that was
+    the peak of a rebuild's memory): the same bytes, since "lines" is the first of the
+    content's sorted keys."""
+    rest = orjson.dumps(content_of(month, versions, [], totals), option=orjson.OPT_SORT_KEYS)
+    assert rest.startswith(_NO_LINES)
+    digest = hashlib.sha256(_NO_LINES[:-2])
+    for n, line in enumerate(lines):
+        digest.update(b"," if n else b"")
+        digest.update(orjson.dumps(line, option=orjson.OPT_SORT_KEYS))
+    digest.update(b"]," + rest[len(_NO_LINES):])
+    return digest.hexdigest()
+
+
 def payee_totals(lines: Iterable[Line]) -> tuple[PayeeTotal, ...]:
     """Per payee and part, sums of rounded lines (adjustments included), sorted by payee."""
     return totals_of((line.payee, line.part, line.amount) for line in lines)
@@ -593,7 +611,7 @@ class Settlement:
         lines.sort(key=Line.sort_key)
         totals = payee_totals(lines)
         versions = self._versions(fold.book, month, lines)
-        digest = digest_of(statement_content(month, versions, lines, totals))
+        digest = statement_digest(month, versions, (line.as_json() for line in lines), totals)
         return Statement(
             month, position, versions, tuple(lines), totals, digest, tuple(findings),
             what_if=self.what_if.version if self.what_if is not None else None,

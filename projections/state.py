@@ -46,9 +46,8 @@ from projections.settlement import (
     Settlement,
     Statement,
     adjustments_target,
-    content_of,
-    digest_of,
     month_first_day,
+    statement_digest,
     totals_of,
 )
 
@@ -243,7 +242,7 @@ def statement_from_parts(month: str, parts: Iterable[Part], *, reference: Refere
     findings = sorted((f for p in parts for f in p.findings), key=lambda f: f[0])
     totals = totals_of((state[_PAYEE], state[_PART], Decimal(state[_AMOUNT])) for state in states)
     versions = Settlement.versions_used(book, month, {state[_RULE_VERSION] for state in states})
-    digest = digest_of(content_of(month, versions, [_state_json(state) for state in states], totals))
+    digest = statement_digest(month, versions, (_state_json(state) for state in states), totals)
     adjusting = sum(1 for state in states if state[_ADJUSTMENT_OF])
     return Statement(
         month, at, versions, KeptLines(orjson.dumps(states), len(states), adjusting), totals, digest,  # type: ignore[arg-type]

@@ -3,6 +3,7 @@
 * every statement's parts add up: per payee, each part's total is the sum of its lines, and the
   total is source + deal + fulfillment;
 * shuffled arrival order gives the same statements (same digests);
+* a digest hashed line by line is the digest of the statement's whole canonical content;
 * a rebuild — the same events read back and recorded in a fresh store — gives the same digests;
 * refunds never make a payee's take from an order negative, and a fully refunded order's
   source, deal and repurchase lines net to exactly zero.
@@ -21,7 +22,7 @@ from hypothesis import strategies as st
 from ledger.events import LedgerEvent, OrderPaid, OrderRefunded, parse_event
 from ledger.ingest import ingest_events
 from ledger.store import LedgerStore
-from projections.settlement import Settlement
+from projections.settlement import Settlement, digest_of, statement_content
 from tests.test_settlement import events_of
 
 CST = timezone(timedelta(hours=8))
@@ -98,6 +99,14 @@ def test_every_statement_adds_up(text: str) -> None:
             grand += total.total
         assert grand == st_.grand_total.total == sum((l.amount for l in st_.lines), Decimal("0.00"))
         assert all(l.amount == l.amount.quantize(Decimal("0.01")) for l in st_.lines)
+
+
+@settings(max_examples=60, deadline=None)
+@given(journeys())
+def test_a_digest_hashed_line_by_line_is_the_digest_of_the_whole_content(text: str) -> None:
+    for month, st_ in statements(events_of(text)).items():
+        whole = statement_content(month, st_.rule_versions, st_.lines, st_.totals)
+        assert st_.digest == digest_of(whole), month
 
 
 @settings(max_examples=60, deadline=None)
