@@ -67,7 +67,11 @@ class MergeCandidate:
 class Identity:
     """The identity fold. Feed events with `observe` in canonical order, then ask `customer_of`."""
 
-    def __init__(self) -> None:
+    def __init__(self, keep_events: bool = True) -> None:
+        # ``keep_events`` False: `by_event` stays empty, and the customer of an event that names
+        # a person is only what `observe_touch` returns — for a caller that keeps it more
+        # compactly than a dict of every event (a rebuild, `ledger.projector`).
+        self.keep_events = keep_events
         self.owner_of_key: dict[str, CustomerId] = {}
         self.keys_of: dict[CustomerId, list[str]] = {}
         self.created_at: dict[CustomerId, tuple[datetime, str]] = {}
@@ -152,13 +156,15 @@ class Identity:
             if survivor != merged:
                 self.parent[merged] = survivor
                 self.merges.append((merged, survivor, touch.event_id))
-            self.by_event[touch.event_id] = survivor
+            if self.keep_events:
+                self.by_event[touch.event_id] = survivor
             return survivor
         if touch.people:
             customer = self._resolve(touch.people[0], touch.event_id, touch.key)
             if touch.defines is not None:
                 self.by_reference.setdefault(touch.defines, customer)
-            self.by_event[touch.event_id] = customer
+            if self.keep_events:
+                self.by_event[touch.event_id] = customer
             return customer
         return None
 

@@ -39,7 +39,7 @@ import orjson
 
 from ledger.collector import collector_paused
 from ledger.events import PolicyAdopted, SettlementClosed, parse_event
-from ledger.identity import Identity, Touch, index_terms, is_reference_data, touch_of
+from ledger.identity import Identity, PersonKeys, Touch, index_terms, is_reference_data, touch_of
 from ledger.store import LedgerStore, Recorded, StoreError, analyze_grown
 from policies import NoRulesInForce, RuleBook
 from projections.attribution import rule_book
@@ -160,12 +160,12 @@ class Projector:
         """Drop the kept projections and recompute them from every event.
 
         Two passes, so that memory follows what is kept, not the decoded history: the first
-        decodes every event but keeps only what the identity fold needs of it (`Touch`, a few
-        hundred bytes), the reference data and the closes; identity then gives every event its
-        component and where that component ends. The second reads the stored rows again, holds
-        each component's rows until its last one, and settles the component then — split
-        between processes when there are several workers (`_shared_out`): the first pass by
-        ranges of positions, the second by component number."""
+        decodes every event but keeps only what the identity fold needs of it, in columns
+        (`_Touched`, tens of bytes an event), the reference data and the closes; identity then
+        gives every event its component and where that component ends (`_components`). The
+        second reads the stored rows again, holds each component's rows until its last one, and
+        settles the component then — split between processes when there are several workers
+        (`_shared_out`): the first pass by ranges of positions, the second by component number."""
         tick = progress or (lambda stage, done, total: None)
         position = self.store.position()
         shares = shares_for(self.store, workers, position)
@@ -175,29 +175,11 @@ class Projector:
             return _touches(store, bounds[share], bounds[share + 1], tick if share == 0 else _silent, orphaned)
 
         touched, rss = zip(*_shared_out(self.store, shares, read_share))
-        touches = [t for share in touched for t in share.touches]
         reference = [p for share in touched for p in share.reference]
         closes = [p for share in touched for p in share.closes]
         read = sum(share.read for share in touched)
+        component, last, names = _components(touched, position, tick)
         del touched
-        touches.sort(key=lambda touch: touch.key)
-        identity = Identity()
-        for touch in touches:
-            identity.observe_touch(touch)
-        component = array("l", [-1]) * (position + 1)  # position -> component number
-        names: list[str] = []
-        numbers: dict[str, int] = {}
-        last: list[int] = []  # component number -> its last position
-        for touch in touches:
-            at = touch.key[2]  # the position `_compact` put there
-            key = component_key_of(identity, touch.event_id, touch.refers)
-            n = numbers.setdefault(key, len(names))
-            if n == len(names):
-                names.append(key)
-                last.append(at)
-            component[at] = n
-            last[n] = max(last[n], at)
-        del touches, identity, numbers
         plan = _Plan(position, component, last, names, tuple(closes), Reference(reference))
 
         def settle_share(store: LedgerStore, share: int, orphaned: Callable[[], bool]) -> tuple[dict[tuple[str, str], bytes], int]:
@@ -356,24 +338,6 @@ class Projector:
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _MICROSECOND = timedelta(microseconds=1)
-
-
-def _compact(touch: Touch, position: int, shared: dict[Any, Any]) -> Touch:
-    """A touch as small as a rebuild can hold one for every event (about 450 bytes instead of
-    560): identity keys and references interned (a customer's keys recur in each of its events;
-    ``shared`` holds one copy of each distinct people tuple), and the canonical key (occurred_at,
-    event_id) as (UTC microseconds, event_id, position) — the same order (aware times compare
-    as instants; ids are unique, so the position never decides), without a datetime and a tzinfo
-    per event, and carrying the event's position instead of a tuple around each touch. Only the
-    rebuild's own identity fold sees these keys, for ordering; it is dropped once each event has
-    its component."""
-    people = tuple((tuple(map(sys.intern, keys)), None if plain is None else tuple(map(sys.intern, plain))) for keys, plain in touch.people)
-    people = shared.setdefault(people, people)
-    moment, event_id = touch.key
-    return Touch(
-        event_id, ((moment - _EPOCH) // _MICROSECOND, event_id, position), people, touch.merged,  # type: ignore[arg-type]
-        sys.intern(touch.defines) if touch.defines else None, sys.intern(touch.refers) if touch.refers else None,
-    )
 
 
 def _kept_from(position: int, recorded: list[Positioned]) -> Kept:
@@ -671,20 +635,72 @@ def _silent(stage: str, done: int, total: int | None) -> None:
     """The progress of a worker process: only the first share reports."""
 
 
-@dataclass
 class _Touched:
-    """The first pass over one range of positions."""
+    """The first pass over one range of positions: what the identity fold needs of each
+    customer's event, in columns — about 60 bytes an event (8 each for position and moment, 4
+    for each of four numbers, the id in a pyarrow string array), where a `Touch` object took
+    about 450 and the fold's map of every event to its customer about 150 more — and the
+    reference data and the closes, whole (they are few). Each distinct person (identity keys)
+    and reference is held once, in ``people`` and ``texts``; the columns point into them (-1:
+    none)."""
 
-    touches: list[Touch]  # `_compact`ed
-    reference: list[Positioned]
-    closes: list[Positioned]
-    read: int
+    CHUNK = 65_536  # event ids gathered into one pyarrow array
+
+    def __init__(self) -> None:
+        self.positions = array("q")
+        self.moments = array("q")  # occurred_at as UTC microseconds: ordered as the instants are
+        self.event_ids: list[Any] = []  # pyarrow string arrays
+        self._ids: list[str] = []
+        self.person = array("i")  # the person the event names; a merge's survivor
+        self.merged = array("i")  # a merge's merged person
+        self.defines = array("i")  # the order, appointment or ticket the event creates
+        self.refers = array("i")  # the one it refers to (`Touch.refers`)
+        self.people: dict[PersonKeys, int] = {}
+        self.texts: dict[str, int] = {}
+        self.reference: list[Positioned] = []
+        self.closes: list[Positioned] = []
+        self.read = 0
+
+    def add(self, position: int, touch: Touch) -> None:
+        moment, event_id = touch.key
+        self.positions.append(position)
+        self.moments.append((moment - _EPOCH) // _MICROSECOND)
+        self._ids.append(event_id)
+        if len(self._ids) == self.CHUNK:
+            self.finish()
+        people = [self._person(person) for person in touch.people]
+        self.person.append(people[0] if people else -1)
+        self.merged.append(people[1] if touch.merged else -1)
+        self.defines.append(self._text(touch.defines))
+        self.refers.append(self._text(touch.refers))
+
+    def finish(self) -> None:
+        import pyarrow as pa  # here, not at the top: commands that never rebuild need not load it
+
+        if self._ids:
+            self.event_ids.append(pa.array(self._ids, pa.string()))
+            self._ids = []
+
+    def _person(self, person: PersonKeys) -> int:
+        n = self.people.get(person)
+        if n is None:  # a customer's keys recur in each of its events: one copy of each string
+            keys, plain = person
+            person = (tuple(map(sys.intern, keys)), None if plain is None else tuple(map(sys.intern, plain)))
+            n = self.people[person] = len(self.people)
+        return n
+
+    def _text(self, text: str | None) -> int:
+        if text is None:
+            return -1
+        n = self.texts.get(text)
+        if n is None:
+            n = self.texts[text] = len(self.texts)
+        return n
 
 
 def _touches(store: LedgerStore, after: int, upto: int, tick: Progress, orphaned: Callable[[], bool]) -> _Touched:
     """What identity needs of each event in (``after``, ``upto``], the reference data and the closes."""
-    done = _Touched([], [], [], 0)
-    shared: dict[Any, Any] = {}
+    done = _Touched()
     for r in store.read(after=after, upto=upto):
         event = r.event
         if isinstance(event, SettlementClosed):
@@ -692,13 +708,103 @@ def _touches(store: LedgerStore, after: int, upto: int, tick: Progress, orphaned
         elif is_reference_data(event):
             done.reference.append((r.position, event))
         else:
-            done.touches.append(_compact(touch_of(event), r.position, shared))
+            done.add(r.position, touch_of(event))
         done.read += 1
         if done.read % 10000 == 0:
             tick("reading", done.read, upto - after)
             if orphaned():
                 os._exit(3)
+    done.finish()
     return done
+
+
+def _components(shares: Iterable[_Touched], position: int, tick: Progress) -> tuple[array, list[int], list[str]]:
+    """Identity folded over the first pass's columns, in canonical order (occurred_at, then
+    event id: the order `Identity` must see events in; sorted by pyarrow, not as Python tuples),
+    and from it each position's component number (-1: no customer's event), each component's
+    last position, and its key (`component_key_of`)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    people: list[PersonKeys] = []
+    texts: list[str] = []
+    batches = []
+    for share in shares:
+        into_people, into_texts = len(people), len(texts)
+        people.extend(share.people)  # in the order of their numbers
+        texts.extend(share.texts)
+        ids = pa.chunked_array(share.event_ids, pa.string()).combine_chunks()
+        batches.append(pa.record_batch({
+            "event_id": ids,
+            "moment": _ints(share.moments, pa.int64()),
+            "position": _ints(share.positions, pa.int64()),
+            "person": _shifted(share.person, into_people),
+            "merged": _shifted(share.merged, into_people),
+            "defines": _shifted(share.defines, into_texts),
+            "refers": _shifted(share.refers, into_texts),
+        }))
+    table = pa.Table.from_batches(batches)
+    del batches
+    ordered = table.take(pc.sort_indices(table, sort_keys=[("moment", "ascending"), ("event_id", "ascending")]))
+    del table
+    total = ordered.num_rows
+
+    identity = Identity(keep_events=False)
+    customers: dict[str, int] = {}  # customer id -> its number
+    who = array("i")  # row of ``ordered`` -> the number of the customer identity gave it (-1: none)
+    for batch in ordered.to_batches(max_chunksize=_Touched.CHUNK):
+        rows = zip(*(batch.column(name).to_pylist() for name in ("event_id", "moment", "position", "person", "merged", "defines")))
+        for event_id, moment, at, person, merged, defines in rows:
+            if person < 0:
+                who.append(-1)  # names nobody: its customer is its reference's, known once all is folded
+                continue
+            touch = Touch(
+                event_id, (moment, event_id, at),  # type: ignore[arg-type]  # ordered as (datetime, id) would be
+                (people[person],) if merged < 0 else (people[person], people[merged]), merged >= 0,
+                texts[defines] if defines >= 0 else None,
+            )
+            customer = identity.observe_touch(touch)
+            assert customer is not None
+            who.append(customers.setdefault(customer, len(customers)))
+        tick("resolving customers", len(who), total)
+    del people
+    roots = [identity.root(customer) for customer in customers]  # a merge re-parents customers
+    del customers
+
+    component = array("l", [-1]) * (position + 1)
+    names: list[str] = []
+    numbers: dict[str, int] = {}
+    last: list[int] = []
+    row = 0
+    for batch in ordered.to_batches(max_chunksize=_Touched.CHUNK):
+        for event_id, at, refers in zip(*(batch.column(name).to_pylist() for name in ("event_id", "position", "refers"))):
+            w = who[row]
+            row += 1
+            key = roots[w] if w >= 0 else component_key_of(identity, event_id, texts[refers] if refers >= 0 else None)
+            n = numbers.setdefault(key, len(names))
+            if n == len(names):
+                names.append(key)
+                last.append(at)
+            component[at] = n
+            if at > last[n]:
+                last[n] = at
+    return component, last, names
+
+
+def _ints(values: array, kind: Any) -> Any:
+    """A pyarrow array over an ``array``'s own buffer (no copy)."""
+    import pyarrow as pa
+
+    return pa.Array.from_buffers(kind, len(values), [None, pa.py_buffer(values)])
+
+
+def _shifted(values: array, by: int) -> Any:
+    """Numbers into one share's ``people`` or ``texts`` as numbers into all shares' (-1 stays)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    column = _ints(values, pa.int32())
+    return column if by == 0 else pc.if_else(pc.less(column, 0), column, pc.add(column, pa.scalar(by, pa.int32())))
 
 
 def _settle_share(store: LedgerStore, plan: _Plan, share: int, shares: int, tick: Progress, orphaned: Callable[[], bool]) -> tuple[dict[tuple[str, str], bytes], int]:

@@ -19,7 +19,7 @@ import orjson
 from cli.store_cmds import adoption_event
 from ledger.demo import generate
 from ledger.events import parse_event
-from ledger.identity import is_reference_data
+from ledger.identity import customer_id_for, is_reference_data
 from ledger.ingest import ingest_events
 from ledger.projector import Projector
 from ledger.store import LedgerStore
@@ -221,3 +221,36 @@ def test_a_failing_worker_process_fails_the_rebuild_with_its_reason_and_leaves_n
         with pytest.raises(StoreError, match="ValueError: share 1 cannot be settled"):
             _shared_out(store, 3, work)
     assert not multiprocessing.active_children()
+
+
+def test_the_rebuilds_columnar_identity_fold_groups_events_as_the_plain_split_does(tmp_path: Path) -> None:
+    """A rebuild folds identity from columns read in ranges of positions (one per worker) and
+    sorted by pyarrow. Every event must land in the component `split` gives it, under the same
+    key — with a merge, late leads, and two leads of one person at the same moment whose ids
+    sort against their ledger order, one at each end of the ledger (so in different ranges):
+    the customer's id comes from the smaller id."""
+    from ledger.projector import _components, _touches
+    from projections.state import split
+
+    reference, first, second, third = demo_batches(seed=17, customers=160)
+    assert any(e.type == "customers.merged" for e in [*first, *second, *third])
+    twin = {"type": "lead.captured", "occurred_at": "2026-08-15T10:00:00+08:00", "person": {"phone": "13912345678"},
+            "via": "manual", "channel_id": "twins", "recorded_by": "someone"}
+    early, late = parse_event({**twin, "event_id": "zz-twin"}), parse_event({**twin, "event_id": "aa-twin"})
+    with LedgerStore(f"sqlite:///{tmp_path / 'l.db'}") as store:
+        assert not ingest_events(store, [adoption_event(default_rules()), *reference, early, *first, *second, *third, late]).rejected
+        position = store.position()
+        recorded = [(r.position, r.event) for r in store.read()]
+        bounds = (0, position // 3, position)
+        shares = [_touches(store, bounds[n], bounds[n + 1], lambda *_: None, lambda: False) for n in range(2)]
+    component, last, names = _components(shares, position, lambda *_: None)
+
+    columnar: dict[str, list[int]] = {}
+    for at in range(position + 1):
+        if component[at] >= 0:
+            columnar.setdefault(names[component[at]], []).append(at)
+    plain = {key: sorted(p for p, _ in events) for key, events in split(recorded).components.items()}
+    assert columnar == plain
+    assert all(last[n] == max(columnar[name]) for n, name in enumerate(names))
+    twins = [key for key, at in plain.items() if {p for p, e in recorded if e.event_id.endswith("-twin")} <= set(at)]
+    assert twins == [customer_id_for("aa-twin")]
