@@ -408,6 +408,17 @@ class ClosedCheck:
 
 
 @dataclass(frozen=True)
+class MonthLines:
+    """A month's lines, sorted, with its findings (and their fold order) and the closed months
+    it adjusts: a statement before totals, rule versions and digest (`Settlement.month_lines`)."""
+
+    lines: list[Line]
+    findings: tuple[str, ...]
+    finding_order: tuple[tuple[Any, ...], ...]
+    adjusts: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class Statement:
     """One month's statement (SPEC §6)."""
 
@@ -589,7 +600,26 @@ class Settlement:
             return _with(built, closed=check, adjustments_go_to=adjustments_target(month, closes))
         return self._statement_at(month, self.position)
 
+    def month_lines(self, month: str) -> MonthLines:
+        """What `statement` holds of ``month`` before it is totalled and hashed: its sorted lines
+        (adjustments included), findings and the closed months it adjusts — for a caller that
+        keeps a customer's share of the month and totals it later (`projections.state`)."""
+        closure = self.closures().get(month)
+        return self._month_at(month, closure.built_position if closure is not None else self.position)
+
     def _statement_at(self, month: str, position: int) -> Statement:
+        at = self._month_at(month, position)
+        totals = payee_totals(at.lines)
+        versions = self._versions(self.commission(position).book, month, at.lines)
+        digest = statement_digest(month, versions, (line.as_json() for line in at.lines), totals)
+        return Statement(
+            month, position, versions, tuple(at.lines), totals, digest, at.findings,
+            what_if=self.what_if.version if self.what_if is not None else None,
+            adjusts=at.adjusts,
+            finding_order=at.finding_order,
+        )
+
+    def _month_at(self, month: str, position: int) -> MonthLines:
         fold = self.commission(position)
         if not fold.book:
             first = month_first_day(month)
@@ -609,15 +639,7 @@ class Settlement:
                 adjusted.append(earlier)
                 lines += changes
         lines.sort(key=Line.sort_key)
-        totals = payee_totals(lines)
-        versions = self._versions(fold.book, month, lines)
-        digest = statement_digest(month, versions, (line.as_json() for line in lines), totals)
-        return Statement(
-            month, position, versions, tuple(lines), totals, digest, tuple(findings),
-            what_if=self.what_if.version if self.what_if is not None else None,
-            adjusts=tuple(sorted(adjusted)),
-            finding_order=finding_order,
-        )
+        return MonthLines(lines, tuple(findings), finding_order, tuple(sorted(adjusted)))
 
     @staticmethod
     def _refuse_unsettled(fold: Commission, month: str, check: tuple[int, str]) -> None:

@@ -199,14 +199,14 @@ def customer_parts(recorded: Sequence[Positioned], closes: Sequence[Positioned],
     parts: dict[str, Part] = {}
     for month in sorted(months):
         try:
-            statement = settlement.statement(month)
+            at = settlement.month_lines(month)  # totals and digest are the merged statement's
         except NoRulesForLine as refused:
             part = Part(refusal=Refusal(plain_order(refused.order), refused.on, refused.earliest, refused.event_id, refused.month))
         except NoRulesInForce:
             continue  # nothing adopted at all: every statement refuses; nothing to keep
         else:
-            findings = tuple((plain_order(o), text) for o, text in zip(statement.finding_order, statement.findings))
-            part = Part(tuple(line_state(line) for line in statement.lines), findings, statement.adjusts)
+            findings = tuple((plain_order(o), text) for o, text in zip(at.finding_order, at.findings))
+            part = Part(tuple(line_state(line) for line in at.lines), findings, at.adjusts)
         if not part.empty:
             parts[month] = part
     return parts
