@@ -46,13 +46,13 @@ from projections.attribution import rule_book
 from projections.directory import Directory, build_directory
 from projections.settlement import Positioned, Statement
 from projections.state import (
-    Part,
     Reference,
     closures_of,
     component_key_of,
     customer_parts,
     kept_statement,
     kept_statement_state,
+    month_parts,
     split,
     statement_from_parts,
     superseded_keys,
@@ -214,9 +214,9 @@ class Projector:
         closes, book = closures_of(kept.closes), Reference(kept.policies)
         for n, month in enumerate(sorted(by_month), start=1):
             tick("merging statements", n, len(by_month))
-            month_parts = [Part.from_state(orjson.loads(state)) for state in by_month.pop(month)]
+            parts_of_month = month_parts(by_month.pop(month))
             try:
-                statement = statement_from_parts(month, month_parts, reference=book, closes=closes, position=kept.position)
+                statement = statement_from_parts(month, parts_of_month, reference=book, closes=closes, position=kept.position)
             except NoRulesInForce:
                 continue
             summary, lines = kept_statement_state(statement)
@@ -320,7 +320,7 @@ class Projector:
                 return found
 
             return kept_statement(month, state, lines, closes=closes, position=kept.position), kept.directory
-        parts = [Part.from_state(orjson.loads(state)) for state in self.tables.parts(month)]
+        parts = month_parts(self.tables.parts(month))
         statement = statement_from_parts(month, parts, reference=Reference(kept.policies), closes=closes, position=kept.position)
         with self.tables.writing() as w:  # kept for the next reader, unless a refresh moved on meanwhile
             summary, lines = kept_statement_state(statement)
