@@ -6,12 +6,20 @@ import os
 from typing import Annotated
 
 import typer
-from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, Progress, ProgressColumn, SpinnerColumn, Task, TextColumn, TimeElapsedColumn
+from rich.text import Text
 
 from cli.common import JsonOption, StoreOption, emit_json, fail, opened_store, stderr, stdout
 from ledger.ingest import IngestReport, ingest_files
 
 app = typer.Typer()
+
+
+class _Count(ProgressColumn):
+    """How far a task is, in its own unit (a task's ``unit`` field; events unless it says)."""
+
+    def render(self, task: Task) -> Text:
+        return Text(f"{task.completed:,} {task.fields.get('unit', 'events')}")
 
 
 def event_progress(description: str, total: int | None = None) -> Progress:
@@ -20,7 +28,7 @@ def event_progress(description: str, total: int | None = None) -> Progress:
         SpinnerColumn(),
         TextColumn("{task.description}"),
         BarColumn(),
-        TextColumn("{task.completed:,} events"),
+        _Count(),
         TimeElapsedColumn(),
         console=stderr,
         transient=True,

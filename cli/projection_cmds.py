@@ -18,13 +18,16 @@ WorkersOption = Annotated[int | None, typer.Option(
 )]
 
 
+STAGE_UNITS = {"settling customers": "customers", "merging statements": "months"}  # the rest count events
+
+
 def _run(store: str | None, full: bool, workers: int | None = None) -> tuple[Refreshed, float]:
     with opened_store(store) as ledger, event_progress("rebuilding" if full else "refreshing") as bar:
         tasks: dict[str, int] = {}
 
         def progress(stage: str, done: int, total: int | None) -> None:
             if stage not in tasks:
-                tasks[stage] = bar.add_task(stage, total=total)
+                tasks[stage] = bar.add_task(stage, total=total, unit=STAGE_UNITS.get(stage, "events"))
             bar.update(tasks[stage], completed=done, total=total)
 
         started = time.perf_counter()

@@ -714,6 +714,7 @@ def _touches(store: LedgerStore, after: int, upto: int, tick: Progress, orphaned
             tick("reading", done.read, upto - after)
             if orphaned():
                 os._exit(3)
+    tick("reading", done.read, upto - after)
     done.finish()
     return done
 
