@@ -796,6 +796,7 @@ def _ints(values: array, kind: Any) -> Any:
     """A pyarrow array over an ``array``'s own buffer (no copy)."""
     import pyarrow as pa
 
+    assert values.itemsize == kind.byte_width, (values.typecode, kind)
     return pa.Array.from_buffers(kind, len(values), [None, pa.py_buffer(values)])
 
 
