@@ -32,7 +32,6 @@ from array import array
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
 from typing import Any, Literal, TypeVar
 
 import orjson
@@ -50,6 +49,7 @@ from projections.state import (
     closures_of,
     component_key_of,
     customer_parts,
+    epoch_microseconds,
     kept_statement,
     kept_statement_state,
     month_parts,
@@ -334,10 +334,6 @@ class Projector:
         if kept is None or self.store.newest("d:") > kept.position:
             return None
         return kept.book, kept.directory
-
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
-_MICROSECOND = timedelta(microseconds=1)
 
 
 def _kept_from(position: int, recorded: list[Positioned]) -> Kept:
@@ -664,7 +660,7 @@ class _Touched:
     def add(self, position: int, touch: Touch) -> None:
         moment, event_id = touch.key
         self.positions.append(position)
-        self.moments.append((moment - _EPOCH) // _MICROSECOND)
+        self.moments.append(epoch_microseconds(moment))
         self._ids.append(event_id)
         if len(self._ids) == self.CHUNK:
             self.finish()

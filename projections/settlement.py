@@ -412,7 +412,7 @@ class MonthLines:
     """A month's lines, sorted, with its findings (and their fold order) and the closed months
     it adjusts: a statement before totals, rule versions and digest (`Settlement.month_lines`)."""
 
-    lines: list[Line]
+    lines: tuple[Line, ...]
     findings: tuple[str, ...]
     finding_order: tuple[tuple[Any, ...], ...]
     adjusts: tuple[str, ...]
@@ -461,19 +461,14 @@ def content_of(month: str, versions: Sequence[str], lines: list[dict[str, Any]],
     return {"month": month, "rule_versions": list(versions), "lines": lines, "totals": {t.payee: t.as_json() for t in totals}}
 
 
-def digest_of(content: dict[str, Any]) -> str:
-    """SHA-256 of canonical JSON (sorted keys, UTF-8, no spaces)."""
-    return hashlib.sha256(orjson.dumps(content, option=orjson.OPT_SORT_KEYS)).hexdigest()
-
-
 _NO_LINES = b'{"lines":[],'
 
 
 def statement_digest(month: str, versions: Sequence[str], lines: Iterable[dict[str, Any]], totals: Sequence[PayeeTotal]) -> str:
-    """``digest_of(content_of(...))`` with the lines hashed one at a time as they come, so that
-    a month of 130,000 lines is never held as JSON objects and one string at once (that was
-    the peak of a rebuild's memory): the same bytes, since "lines" is the first of the
-    content's sorted keys."""
+    """SHA-256 of the canonical JSON (sorted keys, UTF-8, no spaces) of ``content_of(...)``,
+    with the lines hashed one at a time as they come, so that a month of 130,000 lines is never
+    held as JSON objects and one string at once (that was the peak of a rebuild's memory): the
+    same bytes as hashing the whole content, since "lines" is the first of its sorted keys."""
     rest = orjson.dumps(content_of(month, versions, [], totals), option=orjson.OPT_SORT_KEYS)
     assert rest.startswith(_NO_LINES)
     digest = hashlib.sha256(_NO_LINES[:-2])
@@ -613,7 +608,7 @@ class Settlement:
         versions = self._versions(self.commission(position).book, month, at.lines)
         digest = statement_digest(month, versions, (line.as_json() for line in at.lines), totals)
         return Statement(
-            month, position, versions, tuple(at.lines), totals, digest, at.findings,
+            month, position, versions, at.lines, totals, digest, at.findings,
             what_if=self.what_if.version if self.what_if is not None else None,
             adjusts=at.adjusts,
             finding_order=at.finding_order,
@@ -639,7 +634,7 @@ class Settlement:
                 adjusted.append(earlier)
                 lines += changes
         lines.sort(key=Line.sort_key)
-        return MonthLines(lines, tuple(findings), finding_order, tuple(sorted(adjusted)))
+        return MonthLines(tuple(lines), tuple(findings), finding_order, tuple(sorted(adjusted)))
 
     @staticmethod
     def _refuse_unsettled(fold: Commission, month: str, check: tuple[int, str]) -> None:

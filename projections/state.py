@@ -52,6 +52,7 @@ from projections.settlement import (
 )
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
 
 
 # --- what every customer's fold shares -------------------------------------------------------
@@ -365,7 +366,7 @@ _RECOGNISED_AT, _EVENT_ID, _SKU = _INDEX["recognised_at"], _INDEX["event_id"], _
 
 def _state_sort_key(state: Sequence[Any]) -> tuple[Any, ...]:
     """`Line.sort_key` of a line state (the moment as an instant, as datetimes compare)."""
-    moment = (datetime.fromisoformat(state[_RECOGNISED_AT]) - EPOCH) // timedelta(microseconds=1)
+    moment = epoch_microseconds(datetime.fromisoformat(state[_RECOGNISED_AT]))
     return line_sort_key(
         state[_ADJUSTMENT_OF], moment, state[_EVENT_ID], state[_SKU], state[_PART], state[_BASIS], state[_ADJUSTMENT], state[_PAYEE]
     )
@@ -391,4 +392,9 @@ def line_of(state: Sequence[Any]) -> Line:
 def plain_order(order: tuple[Any, ...]) -> tuple[Any, ...]:
     """A fold-order key as JSON scalars (moments as microseconds since the epoch): it sorts the
     same, and reads back the same from a store."""
-    return tuple((v - EPOCH) // timedelta(microseconds=1) if isinstance(v, datetime) else v for v in order)
+    return tuple(epoch_microseconds(v) if isinstance(v, datetime) else v for v in order)
+
+
+def epoch_microseconds(moment: datetime) -> int:
+    """An aware moment as whole microseconds since the epoch: ordered as the instants are."""
+    return (moment - EPOCH) // _MICROSECOND
