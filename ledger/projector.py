@@ -8,12 +8,13 @@ What is kept (in the store's own database, so PostgreSQL and SQLite work alike):
 * ``channel_ledger_part``: one row per (component, month) — that customer's share of the month's
   statement (`projections.state.Part`), lines included.
 
-``rebuild`` drops both and recomputes them from every event (one transaction: a crash leaves the
-previous projection, never half of one). ``refresh`` reads only the events after the recorded
-position: the customers they touch are found through the secondary index (their connected
-components, as `ledger.neighbourhood` does for one customer), refolded, and their rows replaced;
-a new close refolds the customers with events between the position its statement was built to
-and the close. New reference data or rule sets change every customer's fold, so they rebuild.
+``rebuild`` recomputes both from every event: its parts go into a staging table of their own as
+customers are settled, and one transaction swaps that table in for the parts and keeps the merged
+statements (a crash leaves the previous projection, never half of one). ``refresh`` reads only
+the events after the recorded position: the customers they touch are found through the
+secondary index (their connected components, as `ledger.neighbourhood` does for one customer),
+refolded, and their rows replaced; a new close refolds the customers with events between the
+position its statement was built to and the close. New reference data or rule sets change every customer's fold, so they rebuild.
 A refresh writes only if nobody refreshed the same projection since it read (optimistic, like
 the event chain), so concurrent commands cannot interleave stale parts.
 
@@ -24,10 +25,13 @@ month's rows instead of the whole ledger.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import resource
+import secrets
 import sys
+import time
 from array import array
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -164,8 +168,10 @@ class Projector:
         (`_Touched`, tens of bytes an event), the reference data and the closes; identity then
         gives every event its component and where that component ends (`_components`). The
         second reads the stored rows again, holds each component's rows until its last one, and
-        settles the component then — split between processes when there are several workers
-        (`_shared_out`): the first pass by ranges of positions, the second by component number."""
+        settles the component then, writing its parts into the staging table — split between
+        processes when there are several workers (`_shared_out`): the first pass by ranges of
+        positions, the second by component number. Neither pass holds the parts of the whole
+        history; the swap merges one month's parts at a time."""
         tick = progress or (lambda stage, done, total: None)
         position = self.store.position()
         shares = shares_for(self.store, workers, position)
@@ -182,41 +188,39 @@ class Projector:
         del touched
         plan = _Plan(position, component, last, names, tuple(closes), Reference(reference))
 
-        def settle_share(store: LedgerStore, share: int, orphaned: Callable[[], bool]) -> tuple[dict[tuple[str, str], bytes], int]:
-            return _settle_share(store, plan, share, shares, tick if share == 0 else _silent, orphaned)
+        staging = self.tables.new_staging()
 
-        settled_shares, more_rss = zip(*_shared_out(self.store, shares, settle_share))
-        parts = settled_shares[0][0]
-        for more, _ in settled_shares[1:]:
-            parts.update(more)
-        settled = sum(count for _, count in settled_shares)
-        worker_rss = tuple(max(a, b) for a, b in zip(rss[1:], more_rss[1:]))
-        del plan, component, settled_shares
-        kept = _kept_from(position, [*reference, *closes])
-        count = len(parts)
-        with self.tables.writing() as w:
-            w.clear()
-            w.put_parts(parts)
-            w.put_header(SETTLEMENT, None, kept.position, kept.state())
-            self._keep_merged(w, kept, parts, tick)
+        def settle_share(store: LedgerStore, share: int, orphaned: Callable[[], bool]) -> tuple[int, int]:
+            return _settle_share(store, plan, staging, share, shares, tick if share == 0 else _silent, orphaned)
+
+        try:
+            settled_shares, more_rss = zip(*_shared_out(self.store, shares, settle_share))
+            count = sum(written for written, _ in settled_shares)
+            settled = sum(customers for _, customers in settled_shares)
+            worker_rss = tuple(max(a, b) for a, b in zip(rss[1:], more_rss[1:]))
+            del plan, component, settled_shares
+            kept = _kept_from(position, [*reference, *closes])
+            with self.tables.writing() as w:
+                w.clear(staging)
+                w.put_header(SETTLEMENT, None, kept.position, kept.state())
+                self._keep_merged(w, kept, tick)
+        except BaseException:
+            self.tables.drop_staging(staging)  # nothing of this rebuild stays behind
+            raise
         self.tables.update_statistics(count)  # the tables are new: the planner has never seen them
         return Refreshed("rebuild", position, read, settled, count, workers_peak_rss_mib=worker_rss)
 
     @staticmethod
-    def _keep_merged(w: _Writer, kept: Kept, parts: dict[tuple[str, str], bytes], tick: Progress) -> None:
-        """Merge and keep every month's statement from fresh parts, so no `settle` after a
-        rebuild has to merge — one month at a time, letting each month's parts go once kept.
-        A month no rule set covers is left to refuse when asked."""
-        by_month: dict[str, list[bytes]] = {}
-        for (_, month), state in parts.items():
-            by_month.setdefault(month, []).append(state)
-        parts.clear()
+    def _keep_merged(w: _Writer, kept: Kept, tick: Progress) -> None:
+        """Merge and keep every month's statement from the parts just written, so no `settle`
+        after a rebuild has to merge — one month's parts in memory at a time. A month no rule
+        set covers is left to refuse when asked."""
         closes, book = closures_of(kept.closes), Reference(kept.policies)
-        for n, month in enumerate(sorted(by_month), start=1):
-            tick("merging statements", n, len(by_month))
-            parts_of_month = month_parts(by_month.pop(month))
+        months = w.months()
+        for n, month in enumerate(months, start=1):
+            tick("merging statements", n, len(months))
             try:
-                statement = statement_from_parts(month, parts_of_month, reference=book, closes=closes, position=kept.position)
+                statement = statement_from_parts(month, month_parts(w.parts(month)), reference=book, closes=closes, position=kept.position)
             except NoRulesInForce:
                 continue
             summary, lines = kept_statement_state(statement)
@@ -366,8 +370,9 @@ class _Writer:
         self.c = cursor
         self.t = tables
 
-    def clear(self) -> None:
-        """Drop and recreate the tables (a rebuild also brings an older layout up to date). The
+    def clear(self, staging: str | None = None) -> None:
+        """Drop and recreate the tables (a rebuild also brings an older layout up to date); with
+        ``staging``, that table of parts (`_Tables.new_staging`) becomes the parts table. The
         rules-of-record fold an ingest kept stays: it is the ingest's, not derived by settlement
         rules, and a fold kept by other code is not restored (`RecordState.FORMAT`) — so a
         rebuild does not cost the next ingest a replay of the whole store (30 s at a million
@@ -377,11 +382,20 @@ class _Writer:
         record = self.c.fetchone()
         for table in (self.t.parts_table, self.t.header_table, self.t.statement_table):
             self.c.execute(f"DROP TABLE IF EXISTS {table}")
+        if staging is not None:
+            self.t.rename_staging(self.c, staging)
         for statement in self.t.ddl():
             self.c.execute(statement)
         if record is not None:
             position, state = (record["position"], record["state"]) if isinstance(record, dict) else record
             self.c.execute(f"INSERT INTO {self.t.header_table} (name, position, state) VALUES ({mark}, {mark}, {mark})", (RECORD, position, state))
+
+    def months(self) -> list[str]:
+        """The months that have parts, in order."""
+        return self.t.months_in(self.c)
+
+    def parts(self, month: str) -> list[bytes]:
+        return self.t.parts_in(self.c, month)
 
     def put_header(self, name: str, expected: int | None, position: int, state: bytes) -> None:
         """Write the header; ``expected``: the position this refresh started from (None: a rebuild)."""
@@ -439,7 +453,42 @@ class _Writer:
             self.t.insert_parts(self.c, rows[i : i + WRITE_ROWS])
 
 
-class _SqliteTables:
+STAGING_PREFIX = f"{PART_TABLE}_build_"  # + when it was made (Unix seconds) + a random suffix
+STAGING_ABANDONED_AFTER = 86_400  # seconds: a staging table this old belongs to a rebuild that died
+
+
+class _Tables:
+    """What both backends' tables do alike: the staging table a rebuild writes its parts into
+    while it runs (outside any long transaction; the parts table readers see is untouched) and
+    swaps in for the parts table when it is done (`_Writer.clear`). Each rebuild has its own,
+    so two rebuilds at once do not mix their parts; one left by a rebuild that was killed is
+    dropped by a later rebuild once it is a day old (a failing rebuild drops its own). Each
+    backend gives ``writing``, ``qualified``, ``tables_named``, ``part_ddl``, ``insert_parts``,
+    ``rename_staging``, ``months_in`` and ``parts_in``."""
+
+    def new_staging(self, now: float | None = None) -> str:
+        now = time.time() if now is None else now
+        name = f"{STAGING_PREFIX}{int(now)}_{secrets.token_hex(4)}"
+        with self.writing() as w:
+            for table in self.tables_named(w.c, STAGING_PREFIX):
+                made = table.removeprefix(STAGING_PREFIX).split("_")[0]
+                if made.isdigit() and int(made) < now - STAGING_ABANDONED_AFTER:
+                    w.c.execute(f"DROP TABLE IF EXISTS {self.qualified(table)}")
+            w.c.execute(self.part_ddl(self.qualified(name)))
+        return name
+
+    def put_staged(self, staging: str, rows: list[tuple[str, str, bytes]]) -> None:
+        if rows:
+            with self.writing() as w:
+                self.insert_parts(w.c, rows, self.qualified(staging))
+
+    def drop_staging(self, staging: str) -> None:
+        with contextlib.suppress(Exception):  # the error that stopped the rebuild is the one to report
+            with self.writing() as w:
+                w.c.execute(f"DROP TABLE IF EXISTS {self.qualified(staging)}")
+
+
+class _SqliteTables(_Tables):
     mark = "?"
 
     def __init__(self, store: LedgerStore):
@@ -449,14 +498,30 @@ class _SqliteTables:
             for statement in self.ddl():
                 c.execute(statement)
 
-    @staticmethod
-    def ddl() -> list[str]:
+    def ddl(self) -> list[str]:
         return [
             f"CREATE TABLE IF NOT EXISTS {PROJECTION_TABLE} (name TEXT PRIMARY KEY, position INTEGER NOT NULL, state BLOB NOT NULL)",
-            f"CREATE TABLE IF NOT EXISTS {PART_TABLE} (component TEXT NOT NULL, month TEXT NOT NULL, state BLOB NOT NULL, PRIMARY KEY (component, month)) WITHOUT ROWID",
+            self.part_ddl(PART_TABLE),
             f"CREATE INDEX IF NOT EXISTS {PART_TABLE}_month ON {PART_TABLE} (month)",
             f"CREATE TABLE IF NOT EXISTS {STATEMENT_TABLE} (month TEXT PRIMARY KEY, state BLOB NOT NULL, lines BLOB NOT NULL)",
         ]
+
+    @staticmethod
+    def part_ddl(table: str) -> str:
+        return f"CREATE TABLE IF NOT EXISTS {table} (component TEXT NOT NULL, month TEXT NOT NULL, state BLOB NOT NULL, PRIMARY KEY (component, month)) WITHOUT ROWID"
+
+    @staticmethod
+    def qualified(table: str) -> str:
+        return table
+
+    @staticmethod
+    def tables_named(c: Any, prefix: str) -> list[str]:
+        c.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+        return [r[0] for r in c.fetchall() if r[0].startswith(prefix)]
+
+    @staticmethod
+    def rename_staging(c: Any, staging: str) -> None:
+        c.execute(f"ALTER TABLE {staging} RENAME TO {PART_TABLE}")
 
     def header(self, name: str, state: bool = True) -> tuple[int, bytes] | None:
         """(position, state) of a header; without ``state`` its bytes are not fetched (b"")."""
@@ -467,8 +532,17 @@ class _SqliteTables:
 
     def parts(self, month: str) -> list[bytes]:
         with self.datastore.transaction(commit=False) as c:
-            c.execute(f"SELECT state FROM {PART_TABLE} WHERE month = ? ORDER BY component", (month,))
-            return [bytes(r[0]) for r in c.fetchall()]
+            return self.parts_in(c, month)
+
+    @staticmethod
+    def months_in(c: Any) -> list[str]:
+        c.execute(f"SELECT DISTINCT month FROM {PART_TABLE} ORDER BY month")
+        return [r[0] for r in c.fetchall()]
+
+    @staticmethod
+    def parts_in(c: Any, month: str) -> list[bytes]:
+        c.execute(f"SELECT state FROM {PART_TABLE} WHERE month = ? ORDER BY component", (month,))
+        return [bytes(r[0]) for r in c.fetchall()]
 
     def statement(self, month: str) -> bytes | None:
         with self.datastore.transaction(commit=False) as c:
@@ -504,11 +578,12 @@ class _SqliteTables:
         c.execute(f"DELETE FROM {PART_TABLE} WHERE component IN ({marks})", keys)
         return months
 
-    def insert_parts(self, c: Any, rows: list[tuple[str, str, bytes]]) -> None:
-        c.executemany(f"INSERT OR REPLACE INTO {PART_TABLE} (component, month, state) VALUES (?, ?, ?)", rows)
+    @staticmethod
+    def insert_parts(c: Any, rows: list[tuple[str, str, bytes]], table: str | None = None) -> None:
+        c.executemany(f"INSERT OR REPLACE INTO {table or PART_TABLE} (component, month, state) VALUES (?, ?, ?)", rows)
 
 
-class _PostgresTables:
+class _PostgresTables(_Tables):
     mark = "%s"
 
     def __init__(self, store: LedgerStore):
@@ -528,10 +603,25 @@ class _PostgresTables:
     def ddl(self) -> list[str]:
         return [
             f"CREATE TABLE IF NOT EXISTS {self.header_table} (name text PRIMARY KEY, position bigint NOT NULL, state bytea NOT NULL)",
-            f"CREATE TABLE IF NOT EXISTS {self.parts_table} (component text NOT NULL, month text NOT NULL, state bytea NOT NULL, PRIMARY KEY (component, month))",
+            self.part_ddl(self.parts_table),
             f"CREATE INDEX IF NOT EXISTS {PART_TABLE}_month ON {self.parts_table} (month)",
             f"CREATE TABLE IF NOT EXISTS {self.statement_table} (month text PRIMARY KEY, state bytea NOT NULL, lines bytea NOT NULL)",
         ]
+
+    @staticmethod
+    def part_ddl(table: str) -> str:
+        return f"CREATE TABLE IF NOT EXISTS {table} (component text NOT NULL, month text NOT NULL, state bytea NOT NULL, PRIMARY KEY (component, month))"
+
+    def qualified(self, table: str) -> str:
+        return f'"{self.datastore.schema}".{table}'
+
+    def tables_named(self, c: Any, prefix: str) -> list[str]:
+        c.execute("SELECT tablename FROM pg_tables WHERE schemaname = %s", (self.datastore.schema,))
+        return [r["tablename"] for r in c.fetchall() if r["tablename"].startswith(prefix)]
+
+    def rename_staging(self, c: Any, staging: str) -> None:
+        c.execute(f"ALTER TABLE {self.qualified(staging)} RENAME TO {PART_TABLE}")
+        c.execute(f"ALTER TABLE {self.parts_table} RENAME CONSTRAINT {staging}_pkey TO {PART_TABLE}_pkey")
 
     def header(self, name: str, state: bool = True) -> tuple[int, bytes] | None:
         with self.datastore.get_connection() as conn, conn.cursor() as curs:
@@ -541,8 +631,15 @@ class _PostgresTables:
 
     def parts(self, month: str) -> list[bytes]:
         with self.datastore.get_connection() as conn, conn.cursor() as curs:
-            curs.execute(f"SELECT state FROM {self.parts_table} WHERE month = %s ORDER BY component", (month,))
-            return [bytes(r["state"]) for r in curs.fetchall()]
+            return self.parts_in(curs, month)
+
+    def months_in(self, c: Any) -> list[str]:
+        c.execute(f"SELECT DISTINCT month FROM {self.parts_table} ORDER BY month")
+        return [r["month"] for r in c.fetchall()]
+
+    def parts_in(self, c: Any, month: str) -> list[bytes]:
+        c.execute(f"SELECT state FROM {self.parts_table} WHERE month = %s ORDER BY component", (month,))
+        return [bytes(r["state"]) for r in c.fetchall()]
 
     def statement(self, month: str) -> bytes | None:
         with self.datastore.get_connection() as conn, conn.cursor() as curs:
@@ -574,9 +671,9 @@ class _PostgresTables:
         c.execute(f"DELETE FROM {self.parts_table} WHERE component = ANY(%s) RETURNING month", (keys,))
         return {r["month"] for r in c.fetchall()}
 
-    def insert_parts(self, c: Any, rows: list[tuple[str, str, bytes]]) -> None:
+    def insert_parts(self, c: Any, rows: list[tuple[str, str, bytes]], table: str | None = None) -> None:
         c.execute(
-            f"INSERT INTO {self.parts_table} (component, month, state) SELECT * FROM unnest(%s::text[], %s::text[], %s::bytea[]) "
+            f"INSERT INTO {table or self.parts_table} (component, month, state) SELECT * FROM unnest(%s::text[], %s::text[], %s::bytea[]) "
             "ON CONFLICT (component, month) DO UPDATE SET state = EXCLUDED.state",
             ([r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows]),
         )
@@ -805,11 +902,16 @@ def _shifted(values: array, by: int) -> Any:
     return column if by == 0 else pc.if_else(pc.less(column, 0), column, pc.add(column, pa.scalar(by, pa.int32())))
 
 
-def _settle_share(store: LedgerStore, plan: _Plan, share: int, shares: int, tick: Progress, orphaned: Callable[[], bool]) -> tuple[dict[tuple[str, str], bytes], int]:
-    """The parts of the components numbered ``share`` modulo ``shares``: the stored rows read
-    in order, each component's held until its last one, then decoded and settled."""
+def _settle_share(store: LedgerStore, plan: _Plan, staging: str, share: int, shares: int, tick: Progress, orphaned: Callable[[], bool]) -> tuple[int, int]:
+    """Settle the components numbered ``share`` modulo ``shares`` and write their parts into the
+    ``staging`` table as they come (`WRITE_ROWS` at a time, each write its own transaction), so
+    no process holds the parts of the whole history: the stored rows are read in order, each
+    component's held until its last one, then decoded and settled. Returns how many parts and
+    how many components."""
     component, last, names = plan.component, plan.last, plan.names
-    parts: dict[tuple[str, str], bytes] = {}
+    tables = Projector(store).tables
+    rows: list[tuple[str, str, bytes]] = []
+    written = 0
     waiting: dict[int, list[tuple[int, str, bytes]]] = {}
     settled = 0
     mine = len(range(share, len(names), shares))
@@ -817,19 +919,23 @@ def _settle_share(store: LedgerStore, plan: _Plan, share: int, shares: int, tick
         n = component[row[0]]
         if n < 0 or n % shares != share:
             continue
-        rows = waiting.setdefault(n, [])
-        rows.append((row[0], sys.intern(row[1]), row[2]))  # a topic string per row adds up
+        held = waiting.setdefault(n, [])
+        held.append((row[0], sys.intern(row[1]), row[2]))  # a topic string per row adds up
         if row[0] == last[n]:
             recorded = [(r.position, r.event) for r in store.decode(waiting.pop(n))]
             for month, part in customer_parts(recorded, plan.closes, plan.reference, plan.position).items():
-                parts[(names[n], month)] = orjson.dumps(part.state())
+                rows.append((names[n], month, orjson.dumps(part.state())))
+            if len(rows) >= WRITE_ROWS:
+                tables.put_staged(staging, rows)
+                written, rows = written + len(rows), []
             settled += 1
             if settled % 2000 == 0:
                 tick("settling customers", settled, mine)
                 if orphaned():
                     os._exit(3)
+    tables.put_staged(staging, rows)
     tick("settling customers", settled, mine)
-    return parts, settled
+    return written + len(rows), settled
 
 
 T = TypeVar("T")

@@ -176,6 +176,52 @@ def test_a_rebuild_killed_at_random_points_leaves_the_previous_projection(tmp_pa
     assert done.returncode == 0 and orjson.loads(done.stdout)["digest"] == before
 
 
+def test_a_rebuild_writes_its_parts_aside_and_swaps_them_in_whole_or_not_at_all(store_url: str, monkeypatch) -> None:
+    """A rebuild writes parts into a staging table of its own as customers are settled (two
+    processes here), so no process holds every part; the swap makes them the parts a refresh
+    then updates. A staging table a killed rebuild left a day ago is dropped; a recent one (a
+    rebuild running beside this one) stays. A rebuild that fails drops its own and leaves the
+    previous projection."""
+    import pytest
+
+    import projections.state
+    from ledger.projector import STAGING_PREFIX
+
+    reference, first, second, third = demo_batches(seed=19, customers=150)
+    with LedgerStore(store_url) as store:
+        assert not ingest_events(store, [adoption_event(default_rules()), *reference, *first, *second]).rejected
+        tables = Projector(store).tables
+
+        def staging_tables() -> list[str]:
+            with tables.writing() as w:
+                return sorted(tables.tables_named(w.c, STAGING_PREFIX))
+
+        running = tables.new_staging(now=time.time() - 60)
+        abandoned = tables.new_staging(now=time.time() - 2 * 86_400)
+        assert staging_tables() == sorted([running, abandoned])
+
+        done = Projector(store).rebuild(workers=2)
+        assert staging_tables() == [running], "the abandoned one is gone, the running one stays, this rebuild's is swapped in"
+        with tables.writing() as w:
+            assert sum(len(w.parts(m)) for m in w.months()) == done.parts > 0
+        assert_kept_equals_plain(store)
+
+        assert not ingest_events(store, third).rejected
+        assert Projector(store).refresh().kind == "refresh"  # upserts into the swapped-in table
+        months = assert_kept_equals_plain(store)
+        before = {m: Projector(store).statement(m)[0].digest for m in months}
+
+        def fails(*args, **kwargs):
+            raise RuntimeError("the disk is full")
+
+        monkeypatch.setattr(projections.state, "customer_parts", fails)
+        monkeypatch.setattr("ledger.projector.customer_parts", fails)
+        with pytest.raises(RuntimeError, match="the disk is full"):
+            Projector(store).rebuild(workers=1)
+        assert staging_tables() == [running], "the failed rebuild left nothing behind"
+        assert {m: Projector(store).statement(m)[0].digest for m in months} == before
+
+
 def test_one_customers_attribution_with_the_kept_reference_data_equals_the_full_fold(store_url: str) -> None:
     from cli.attribution_cmds import attribution_json, load_from
     from projections.pipeline import facts
