@@ -52,7 +52,7 @@ def _report(done: Refreshed, seconds: float, json: bool) -> None:
     why = f" — {done.reason}" if done.reason else ""
     if done.workers_peak_rss_mib:
         shares = ", ".join(f"{m:,.0f}" for m in done.workers_peak_rss_mib)
-        why += f" (customers shared with {len(done.workers_peak_rss_mib)} worker process(es), peak RSS {shares} MiB)"
+        why += f" (shared out to {len(done.workers_peak_rss_mib)} worker process(es), peak RSS {shares} MiB)"
     stdout.print(
         f"{done.kind}: settlement projection at position {done.position:,}: read {done.events_read:,} events, "
         f"settled {done.customers:,} customers, wrote {done.parts:,} customer-month parts in {seconds:.2f} s{rate}{why}"

@@ -169,18 +169,19 @@ class Projector:
         gives every event its component and where that component ends (`_components`). The
         second reads the stored rows again, holds each component's rows until its last one, and
         settles the component then, writing its parts into the staging table — split between
-        processes when there are several workers (`_shared_out`): the first pass by ranges of
-        positions, the second by component number. Neither pass holds the parts of the whole
-        history; the swap merges one month's parts at a time."""
+        processes when there are several workers (`_shared_out`, every share in a worker: this
+        process folds identity from what they hand back and merges the months): the first pass
+        by ranges of positions, the second by component number. No process holds the parts of
+        the whole history; the swap merges one month's parts at a time."""
         tick = progress or (lambda stage, done, total: None)
         position = self.store.position()
         shares = shares_for(self.store, workers, position)
         bounds = [position * share // shares for share in range(shares + 1)]
 
-        def read_share(store: LedgerStore, share: int, orphaned: Callable[[], bool]) -> _Touched:
-            return _touches(store, bounds[share], bounds[share + 1], tick if share == 0 else _silent, orphaned)
+        def read_share(store: LedgerStore, share: int, orphaned: Callable[[], bool], tick: Progress) -> _Touched:
+            return _touches(store, bounds[share], bounds[share + 1], tick, orphaned)
 
-        touched, rss = zip(*_shared_out(self.store, shares, read_share))
+        touched, rss = zip(*_shared_out(self.store, shares, read_share, tick, away=True))
         reference = [p for share in touched for p in share.reference]
         closes = [p for share in touched for p in share.closes]
         read = sum(share.read for share in touched)
@@ -190,14 +191,14 @@ class Projector:
 
         staging = self.tables.new_staging()
 
-        def settle_share(store: LedgerStore, share: int, orphaned: Callable[[], bool]) -> tuple[int, int]:
-            return _settle_share(store, plan, staging, share, shares, tick if share == 0 else _silent, orphaned)
+        def settle_share(store: LedgerStore, share: int, orphaned: Callable[[], bool], tick: Progress) -> tuple[int, int]:
+            return _settle_share(store, plan, staging, share, shares, tick, orphaned)
 
         try:
-            settled_shares, more_rss = zip(*_shared_out(self.store, shares, settle_share))
+            settled_shares, more_rss = zip(*_shared_out(self.store, shares, settle_share, tick, away=True))
             count = sum(written for written, _ in settled_shares)
             settled = sum(customers for _, customers in settled_shares)
-            worker_rss = tuple(max(a, b) for a, b in zip(rss[1:], more_rss[1:]))
+            worker_rss = tuple(max(a, b) for a, b in zip(rss, more_rss)) if shares > 1 else ()
             del plan, component, settled_shares
             kept = _kept_from(position, [*reference, *closes])
             with self.tables.writing() as w:
@@ -232,19 +233,19 @@ class Projector:
         closes = list(closes)
         shares = shares_for(self.store, workers, len(recorded))
 
-        def fold_share(store: LedgerStore, share: int, orphaned: Callable[[], bool]) -> dict[tuple[str, str], bytes]:
+        def fold_share(store: LedgerStore, share: int, orphaned: Callable[[], bool], tick: Progress) -> dict[tuple[str, str], bytes]:
             parts: dict[tuple[str, str], bytes] = {}
             mine = components[share::shares]
             for n, (key, component) in enumerate(mine, start=1):
                 for month, part in customer_parts(component, closes, reference, position).items():
                     parts[(key, month)] = orjson.dumps(part.state())
                 if n % 2000 == 0:
-                    (tick if share == 0 else _silent)("settling customers", n, len(mine))
+                    tick("settling customers", n, len(mine))
                     if orphaned():
                         os._exit(3)
             return parts
 
-        shared = _shared_out(self.store, shares, fold_share)
+        shared = _shared_out(self.store, shares, fold_share, tick)
         parts = shared[0][0]
         for more, _ in shared[1:]:
             parts.update(more)
@@ -774,6 +775,12 @@ class _Touched:
             self.event_ids.append(pa.array(self._ids, pa.string()))
             self._ids = []
 
+    def release(self) -> None:
+        """Let go of the columns and the tables of people and texts (`_components` took them)."""
+        self.positions, self.moments = array("q"), array("q")
+        self.person, self.merged, self.defines, self.refers = array("i"), array("i"), array("i"), array("i")
+        self.event_ids, self.people, self.texts = [], {}, {}
+
     def _person(self, person: PersonKeys) -> int:
         n = self.people.get(person)
         if n is None:  # a customer's keys recur in each of its events: one copy of each string
@@ -816,7 +823,8 @@ def _components(shares: Iterable[_Touched], position: int, tick: Progress) -> tu
     """Identity folded over the first pass's columns, in canonical order (occurred_at, then
     event id: the order `Identity` must see events in; sorted by pyarrow, not as Python tuples),
     and from it each position's component number (-1: no customer's event), each component's
-    last position, and its key (`component_key_of`)."""
+    last position, and its key (`component_key_of`). The shares' columns are taken, not
+    copied: each share is empty afterwards (`_Touched.release`)."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
@@ -837,6 +845,7 @@ def _components(shares: Iterable[_Touched], position: int, tick: Progress) -> tu
             "defines": _shifted(share.defines, into_texts),
             "refers": _shifted(share.refers, into_texts),
         }))
+        share.release()  # the batch has the columns now: once the sort has copied them, they go
     table = pa.Table.from_batches(batches)
     del batches
     ordered = table.take(pc.sort_indices(table, sort_keys=[("moment", "ascending"), ("event_id", "ascending")]))
@@ -941,29 +950,39 @@ def _settle_share(store: LedgerStore, plan: _Plan, staging: str, share: int, sha
 T = TypeVar("T")
 
 
-def _shared_out(store: LedgerStore, shares: int, work: Callable[[LedgerStore, int, Callable[[], bool]], T]) -> list[tuple[T, float]]:
-    """``work(store, share, orphaned)`` for every share, in share order, each with the peak RSS
-    (MiB) of the process that did it (0.0 for this one): share 0 here, the others at the same
-    time in forked workers. A worker inherits what this process built (nothing is pickled on
-    the way in), opens its own connection (the inherited one is never touched), and hands its
-    result back through a pipe — never a file: results hold identity keys, which must not
-    outlive the processes. ``orphaned()`` tells a worker that the rebuild which started it is
-    gone (killed): it then exits without finishing. If anything fails, every worker is stopped."""
+Work = Callable[[LedgerStore, int, Callable[[], bool], Progress], T]  # (store, share, orphaned, tick)
+
+
+def _shared_out(store: LedgerStore, shares: int, work: Work[T], tick: Progress = _silent, away: bool = False) -> list[tuple[T, float]]:
+    """``work(store, share, orphaned, tick)`` for every share, in share order, each with the
+    peak RSS (MiB) of the process that did it (0.0 for this one): share 0 here, the others at
+    the same time in forked workers — or, ``away``, share 0 in a worker too, so that this
+    process decodes no event: decoding leaves its heap fragmented, and this process goes on to
+    hold what comes next (a rebuild's identity fold and month merges). Share 0 reports progress
+    (``tick``; from a worker through its pipe), the others are silent. A worker inherits what
+    this process built (nothing is pickled on the way in), opens its own connection (the
+    inherited one is never touched), and hands its result back through a pipe — never a file:
+    results hold identity keys, which must not outlive the processes. ``orphaned()`` tells a
+    worker that the rebuild which started it is gone (killed): it then exits without finishing.
+    If anything fails, every worker is stopped. With one share everything runs here."""
     if shares <= 1:
-        return [(work(store, 0, lambda: False), 0.0)]
+        return [(work(store, 0, lambda: False, tick), 0.0)]
     context = multiprocessing.get_context("fork")
     started: list[tuple[Any, Any]] = []
     try:
-        for share in range(1, shares):
+        for share in range(0 if away else 1, shares):
             receiver, sender = context.Pipe(duplex=False)
             worker = context.Process(target=_worker, args=(store, work, share, sender, os.getpid()), daemon=True)
             worker.start()
             sender.close()  # the worker's end: a worker that dies is then seen as the end of the pipe
             started.append((worker, receiver))
-        results = [(work(store, 0, lambda: False), 0.0)]
+        results = [] if away else [(work(store, 0, lambda: False, tick), 0.0)]
         for worker, receiver in started:
             try:
                 outcome, payload = receiver.recv()
+                while outcome == "tick":
+                    tick(*payload)
+                    outcome, payload = receiver.recv()
             except EOFError:
                 outcome, payload = "failed", "it ended without an answer"
             worker.join()
@@ -979,12 +998,13 @@ def _shared_out(store: LedgerStore, shares: int, work: Callable[[LedgerStore, in
             receiver.close()
 
 
-def _worker(store: LedgerStore, work: Callable[[LedgerStore, int, Callable[[], bool]], Any], share: int, sender: Any, parent: int) -> None:
+def _worker(store: LedgerStore, work: Work[Any], share: int, sender: Any, parent: int) -> None:
     orphaned = lambda: os.getppid() != parent  # noqa: E731
+    tick = (lambda stage, done, total: sender.send(("tick", (stage, done, total)))) if share == 0 else _silent
     try:
         own = LedgerStore(store.url, key=store.key)
         try:
-            result = work(own, share, orphaned)
+            result = work(own, share, orphaned, tick)
         finally:
             own.close()
     except BaseException as error:  # told to the parent, which says it once, in its own words

@@ -115,7 +115,7 @@ def test_a_rebuild_shared_between_worker_processes_equals_the_plain_fold(store_u
         shared = Projector(store).rebuild(workers=3)
         if store.location.kind == "postgresql":  # the new tables' statistics, for the planner
             assert Projector(store).tables.update_statistics(shared.parts) is False
-        assert len(shared.workers_peak_rss_mib) == 2 and all(rss > 0 for rss in shared.workers_peak_rss_mib)
+        assert len(shared.workers_peak_rss_mib) == 3 and all(rss > 0 for rss in shared.workers_peak_rss_mib), "every share in a worker"
         assert (shared.customers, shared.parts) == (serial.customers, serial.parts)
         assert {m: Projector(store).statement(m)[0].digest for m in months} == digests
 
@@ -249,7 +249,7 @@ def test_one_customers_attribution_with_the_kept_reference_data_equals_the_full_
         assert "late-staff" in local.directory.staff
 
 
-def test_a_failing_worker_process_fails_the_rebuild_with_its_reason_and_leaves_no_worker(store_url: str) -> None:
+def test_shared_out_runs_shares_in_workers_relays_the_first_ones_progress_and_fails_with_a_workers_reason(store_url: str) -> None:
     import multiprocessing
 
     import pytest
@@ -257,15 +257,27 @@ def test_a_failing_worker_process_fails_the_rebuild_with_its_reason_and_leaves_n
     from ledger.projector import _shared_out
     from ledger.store import StoreError
 
-    def work(store: LedgerStore, share: int, orphaned) -> int:
-        if share == 1:
-            raise ValueError("share 1 cannot be settled")
-        return share
+    parent = os.getpid()
 
+    def work(store: LedgerStore, share: int, orphaned, tick) -> tuple[int, bool]:
+        tick("working", share, 3)
+        if share == 1 and failing:
+            raise ValueError("share 1 cannot be settled")
+        return share, os.getpid() == parent
+
+    heard: list[tuple[str, int, int | None]] = []
+    tick = lambda stage, done, total: heard.append((stage, done, total))  # noqa: E731
     with LedgerStore(store_url) as store:
-        assert [r for r, _ in _shared_out(store, 1, work)] == [0]
-        with pytest.raises(StoreError, match="ValueError: share 1 cannot be settled"):
-            _shared_out(store, 3, work)
+        failing = False
+        assert [r for r, _ in _shared_out(store, 1, work, tick)] == [(0, True)]
+        assert [r for r, _ in _shared_out(store, 3, work, tick)] == [(0, True), (1, False), (2, False)]
+        heard.clear()
+        assert [r for r, _ in _shared_out(store, 3, work, tick, away=True)] == [(0, False), (1, False), (2, False)]
+        assert heard == [("working", 0, 3)], "share 0 ran in a worker; its progress came through the pipe, the others' not at all"
+        failing = True
+        for away in (False, True):
+            with pytest.raises(StoreError, match="ValueError: share 1 cannot be settled"):
+                _shared_out(store, 3, work, tick, away)
     assert not multiprocessing.active_children()
 
 
