@@ -14,9 +14,10 @@ statements (a crash leaves the previous projection, never half of one). ``refres
 the events after the recorded position: the customers they touch are found through the
 secondary index (their connected components, as `ledger.neighbourhood` does for one customer),
 refolded, and their rows replaced; a new close refolds the customers with events between the
-position its statement was built to and the close. New reference data or rule sets change every customer's fold, so they rebuild.
-A refresh writes only if nobody refreshed the same projection since it read (optimistic, like
-the event chain), so concurrent commands cannot interleave stale parts.
+position its statement was built to and the close. New reference data or rule sets change every
+customer's fold, so they rebuild. A refresh writes only if nobody refreshed the same projection
+since it read (optimistic, like the event chain), so concurrent commands cannot interleave stale
+parts.
 
 A statement read this way is the statement `Settlement` computes from every event — same lines,
 same digest (tested on both backends); `settle --month` on an up-to-date store then reads one
@@ -39,6 +40,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
 import orjson
+from eventsourcing.persistence import OperationalError
 
 from ledger.collector import collector_paused
 from ledger.events import PolicyAdopted, SettlementClosed, parse_event
@@ -63,6 +65,7 @@ from projections.state import (
 )
 
 PROJECTION_TABLE = "channel_ledger_projection"
+SWAP_ATTEMPTS = 3  # a rebuild's last transaction, when it meets another writer's locks
 PART_TABLE = "channel_ledger_part"
 STATEMENT_TABLE = "channel_ledger_statement"
 SETTLEMENT = "settlement"
@@ -169,10 +172,11 @@ class Projector:
         gives every event its component and where that component ends (`_components`). The
         second reads the stored rows again, holds each component's rows until its last one, and
         settles the component then, writing its parts into the staging table — split between
-        processes when there are several workers (`_shared_out`, every share in a worker: this
-        process folds identity from what they hand back and merges the months): the first pass
-        by ranges of positions, the second by component number. No process holds the parts of
-        the whole history; the swap merges one month's parts at a time."""
+        processes when there are several workers (`_shared_out`; with two or more shares each
+        runs in a worker, and this process only folds identity from what they hand back and
+        merges the months): the first pass by ranges of positions, the second by component
+        number. No process holds the parts of the whole history; the swap (`_swap_in`) merges
+        one month's parts at a time."""
         tick = progress or (lambda stage, done, total: None)
         position = self.store.position()
         shares = shares_for(self.store, workers, position)
@@ -200,16 +204,29 @@ class Projector:
             settled = sum(customers for _, customers in settled_shares)
             worker_rss = tuple(max(a, b) for a, b in zip(rss, more_rss)) if shares > 1 else ()
             del plan, component, settled_shares
-            kept = _kept_from(position, [*reference, *closes])
-            with self.tables.writing() as w:
-                w.clear(staging)
-                w.put_header(SETTLEMENT, None, kept.position, kept.state())
-                self._keep_merged(w, kept, tick)
+            self._swap_in(staging, _kept_from(position, [*reference, *closes]), tick)
         except BaseException:
             self.tables.drop_staging(staging)  # nothing of this rebuild stays behind
             raise
-        self.tables.update_statistics(count)  # the tables are new: the planner has never seen them
+        self.tables.analyze_rebuilt()
         return Refreshed("rebuild", position, read, settled, count, workers_peak_rss_mib=worker_rss)
+
+    def _swap_in(self, staging: str, kept: Kept, tick: Progress) -> None:
+        """One transaction: the staging table becomes the parts table, the header is written and
+        every month's statement merged and kept. It takes its locks first (`_Writer.clear`); if
+        it meets another writer's anyway (a lock timeout, a deadlock, SQLite busy), it is tried
+        again — the staged parts are still there — rather than losing the whole rebuild."""
+        for attempt in range(1, SWAP_ATTEMPTS + 1):
+            try:
+                with self.tables.writing() as w:
+                    w.clear(staging)
+                    w.put_header(SETTLEMENT, None, kept.position, kept.state())
+                    self._keep_merged(w, kept, tick)
+                return
+            except self.tables.lock_errors:
+                if attempt == SWAP_ATTEMPTS:
+                    raise
+                time.sleep(attempt)
 
     @staticmethod
     def _keep_merged(w: _Writer, kept: Kept, tick: Progress) -> None:
@@ -379,6 +396,7 @@ class _Writer:
         rebuild does not cost the next ingest a replay of the whole store (30 s at a million
         events)."""
         mark = self.t.mark
+        self.t.lock_all(self.c)
         self.c.execute(f"SELECT position, state FROM {self.t.header_table} WHERE name = {mark}", (RECORD,))
         record = self.c.fetchone()
         for table in (self.t.parts_table, self.t.header_table, self.t.statement_table):
@@ -465,7 +483,11 @@ class _Tables:
     so two rebuilds at once do not mix their parts; one left by a rebuild that was killed is
     dropped by a later rebuild once it is a day old (a failing rebuild drops its own). Each
     backend gives ``writing``, ``qualified``, ``tables_named``, ``part_ddl``, ``insert_parts``,
-    ``rename_staging``, ``months_in`` and ``parts_in``."""
+    ``rename_staging``, ``months_in``, ``parts_in`` and ``lock_all``."""
+
+    # How the library reports a lock it could not take (SQLite busy; PostgreSQL's lock timeout
+    # or a deadlock) — and a lost connection, as worth one more try.
+    lock_errors = (OperationalError,)
 
     def new_staging(self, now: float | None = None) -> str:
         now = time.time() if now is None else now
@@ -568,6 +590,17 @@ class _SqliteTables(_Tables):
         return False  # see `LedgerStore.update_statistics`
 
     @staticmethod
+    def analyze_rebuilt() -> None:
+        """SQLite plans without statistics (see `LedgerStore.update_statistics`)."""
+
+    @staticmethod
+    def lock_all(c: Any) -> None:
+        """A write first, so the transaction takes the write lock now (waiting for other writers
+        as long as the store's lock timeout) instead of failing when a read in it would have to
+        turn into a write after someone else wrote."""
+        c.execute(f"UPDATE {PROJECTION_TABLE} SET position = position WHERE name = ?", (RECORD,))
+
+    @staticmethod
     def changed(c: Any) -> int:
         c.execute("SELECT changes()")
         return int(c.fetchone()[0])
@@ -661,8 +694,20 @@ class _PostgresTables(_Tables):
             yield _Writer(curs, self)
 
     def update_statistics(self, rows: int) -> bool:
-        """After a rebuild: let the planner see the parts (``rows``) — `LedgerStore.update_statistics`."""
+        """Let the planner see the parts (``rows`` of them) if it has not yet — `LedgerStore.update_statistics`."""
         return analyze_grown(self.datastore, [self.parts_table, self.statement_table], rows)
+
+    def analyze_rebuilt(self) -> None:
+        """After a rebuild the tables are new: ANALYZE them. Not `update_statistics`: building
+        the month index over the swapped-in parts already told the planner their row count,
+        without any statistics of their columns."""
+        with self.datastore.get_connection() as conn, conn.cursor() as curs:
+            curs.execute(f"ANALYZE {self.parts_table}, {self.statement_table}")
+
+    def lock_all(self, c: Any) -> None:
+        """The three tables, in the order a refresh writes them (header first), so a rebuild's
+        swap and a refresh wait for each other instead of deadlocking."""
+        c.execute(f"LOCK TABLE {self.header_table}, {self.parts_table}, {self.statement_table} IN ACCESS EXCLUSIVE MODE")
 
     @staticmethod
     def changed(c: Any) -> int:
@@ -823,8 +868,8 @@ def _components(shares: Iterable[_Touched], position: int, tick: Progress) -> tu
     """Identity folded over the first pass's columns, in canonical order (occurred_at, then
     event id: the order `Identity` must see events in; sorted by pyarrow, not as Python tuples),
     and from it each position's component number (-1: no customer's event), each component's
-    last position, and its key (`component_key_of`). The shares' columns are taken, not
-    copied: each share is empty afterwards (`_Touched.release`)."""
+    last position, and its key (`component_key_of`). Each share is emptied as its columns go
+    into the table (`_Touched.release`), so they are not held beside the sorted copy."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
@@ -960,7 +1005,7 @@ Work = Callable[[LedgerStore, int, Callable[[], bool], Progress], T]  # (store, 
 
 def _shared_out(store: LedgerStore, shares: int, work: Work[T], tick: Progress = _silent, away: bool = False) -> list[tuple[T, float]]:
     """``work(store, share, orphaned, tick)`` for every share, in share order, each with the
-    peak RSS (MiB) of the process that did it (0.0 for this one): share 0 here, the others at
+    peak RSS (MiB) of the process that did it (0.0 for a share done here): share 0 here, the others at
     the same time in forked workers — or, ``away``, share 0 in a worker too, so that this
     process decodes no event: decoding leaves its heap fragmented, and this process goes on to
     hold what comes next (a rebuild's identity fold and month merges). Share 0 reports progress
@@ -988,7 +1033,7 @@ def _shared_out(store: LedgerStore, shares: int, work: Work[T], tick: Progress =
                 while outcome == "tick":
                     tick(*payload)
                     outcome, payload = receiver.recv()
-            except EOFError:
+            except (EOFError, OSError):  # OSError: it died part-way through sending its answer
                 outcome, payload = "failed", "it ended without an answer"
             worker.join()
             if outcome != "done":
@@ -1005,7 +1050,17 @@ def _shared_out(store: LedgerStore, shares: int, work: Work[T], tick: Progress =
 
 def _worker(store: LedgerStore, work: Work[Any], share: int, sender: Any, parent: int) -> None:
     orphaned = lambda: os.getppid() != parent  # noqa: E731
-    tick = (lambda stage, done, total: sender.send(("tick", (stage, done, total)))) if share == 0 else _silent
+
+    def relay(stage: str, done: int, total: int | None) -> None:
+        try:
+            if not orphaned():
+                sender.send(("tick", (stage, done, total)))
+                return
+        except OSError:  # the parent is gone
+            pass
+        os._exit(3)
+
+    tick = relay if share == 0 else _silent
     try:
         own = LedgerStore(store.url, key=store.key)
         try:
@@ -1013,7 +1068,8 @@ def _worker(store: LedgerStore, work: Work[Any], share: int, sender: Any, parent
         finally:
             own.close()
     except BaseException as error:  # told to the parent, which says it once, in its own words
-        sender.send(("failed", f"{type(error).__name__}: {error}".splitlines()[0][:300]))
+        with contextlib.suppress(OSError):  # unless it is gone
+            sender.send(("failed", f"{type(error).__name__}: {error}".splitlines()[0][:300]))
         os._exit(1)
     if orphaned():
         os._exit(3)

@@ -180,12 +180,15 @@ def test_a_rebuild_writes_its_parts_aside_and_swaps_them_in_whole_or_not_at_all(
     """A rebuild writes parts into a staging table of its own as customers are settled (two
     processes here), so no process holds every part; the swap makes them the parts a refresh
     then updates. A staging table a killed rebuild left a day ago is dropped; a recent one (a
-    rebuild running beside this one) stays. A rebuild that fails drops its own and leaves the
-    previous projection."""
+    rebuild running beside this one) stays. A rebuild that fails — in a worker, or in the swap
+    itself — drops its own and leaves the previous projection; a swap that meets a lock is tried
+    again."""
     import pytest
+    from eventsourcing.persistence import OperationalError
 
-    import projections.state
+    import ledger.projector as projector
     from ledger.projector import STAGING_PREFIX
+    from ledger.store import StoreError
 
     reference, first, second, third = demo_batches(seed=19, customers=150)
     with LedgerStore(store_url) as store:
@@ -204,6 +207,12 @@ def test_a_rebuild_writes_its_parts_aside_and_swaps_them_in_whole_or_not_at_all(
         assert staging_tables() == [running], "the abandoned one is gone, the running one stays, this rebuild's is swapped in"
         with tables.writing() as w:
             assert sum(len(w.parts(m)) for m in w.months()) == done.parts > 0
+        if store.location.kind == "postgresql":
+            with tables.writing() as w:
+                w.c.execute("SELECT conname FROM pg_constraint WHERE conrelid = %s::regclass AND contype = 'p'", (tables.parts_table,))
+                assert [r["conname"] for r in w.c.fetchall()] == ["channel_ledger_part_pkey"]
+                w.c.execute("SELECT count(*) AS n FROM pg_stats WHERE schemaname = %s AND tablename = 'channel_ledger_part'", (store.recorder.datastore.schema,))
+                assert w.c.fetchone()["n"] > 0, "the swapped-in table is analysed"
         assert_kept_equals_plain(store)
 
         assert not ingest_events(store, third).rejected
@@ -211,15 +220,31 @@ def test_a_rebuild_writes_its_parts_aside_and_swaps_them_in_whole_or_not_at_all(
         months = assert_kept_equals_plain(store)
         before = {m: Projector(store).statement(m)[0].digest for m in months}
 
+        # Written as customers are settled, a few rows at a time; a swap that meets a lock waits its turn.
+        staged: list[int] = []
+        put_staged, clear = projector._Tables.put_staged, projector._Writer.clear
+        monkeypatch.setattr(projector, "WRITE_ROWS", 7)
+        monkeypatch.setattr(projector._Tables, "put_staged", lambda self, name, rows: staged.append(len(rows)) or put_staged(self, name, rows))
+        locked = [OperationalError("database is locked")]
+        monkeypatch.setattr(projector._Writer, "clear", lambda self, staging=None: clear(self, staging) if not locked else (_ for _ in ()).throw(locked.pop()))
+        monkeypatch.setattr(projector.time, "sleep", lambda seconds: None)
+        again = Projector(store).rebuild(workers=1)
+        assert not locked and sum(staged) == again.parts and len(staged) > 1
+        assert max(staged) <= 6 + len(months), "flushed once 7 rows wait: at most one customer's months beyond"
+        assert staging_tables() == [running]
+        assert {m: Projector(store).statement(m)[0].digest for m in months} == before
+        monkeypatch.undo()
+
         def fails(*args, **kwargs):
             raise RuntimeError("the disk is full")
 
-        monkeypatch.setattr(projections.state, "customer_parts", fails)
-        monkeypatch.setattr("ledger.projector.customer_parts", fails)
-        with pytest.raises(RuntimeError, match="the disk is full"):
-            Projector(store).rebuild(workers=1)
-        assert staging_tables() == [running], "the failed rebuild left nothing behind"
-        assert {m: Projector(store).statement(m)[0].digest for m in months} == before
+        for where, workers, error in [("customer_parts", 1, RuntimeError), ("customer_parts", 2, StoreError), ("statement_from_parts", 1, RuntimeError)]:
+            with monkeypatch.context() as patched:
+                patched.setattr(projector, where, fails)
+                with pytest.raises(error, match="the disk is full"):
+                    Projector(store).rebuild(workers=workers)
+            assert staging_tables() == [running], f"a rebuild failing in {where} left nothing behind"
+            assert {m: Projector(store).statement(m)[0].digest for m in months} == before
 
 
 def test_one_customers_attribution_with_the_kept_reference_data_equals_the_full_fold(store_url: str) -> None:
