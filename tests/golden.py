@@ -14,12 +14,15 @@ from __future__ import annotations
 
 import os
 import shlex
+import signal
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 GOLDEN = Path(__file__).parent / "golden"
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @dataclass(frozen=True)
@@ -32,20 +35,47 @@ def cases() -> list[Case]:
     return [Case(p.name, p) for p in sorted(GOLDEN.iterdir()) if (p / "cmd").exists()]
 
 
+def cli_env(env: dict[str, str] | None = None) -> dict[str, str]:
+    """A person's terminal: a fixed width, no colour, no store from the environment."""
+    full_env = {**os.environ, "COLUMNS": "120", "NO_COLOR": "1", "TERM": "dumb", **(env or {})}
+    full_env.pop("CHANNEL_LEDGER_STORE", None)
+    return full_env
+
+
 def run_cli(
     args: list[str], env: dict[str, str] | None = None, stdin: bytes | None = None, cwd: Path | None = None
 ) -> subprocess.CompletedProcess[bytes]:
     """Run ``channel-ledger`` as a person would: a separate process, a fixed terminal width."""
-    full_env = {**os.environ, "COLUMNS": "120", "NO_COLOR": "1", "TERM": "dumb", **(env or {})}
-    full_env.pop("CHANNEL_LEDGER_STORE", None)
     return subprocess.run(
         [sys.executable, "-m", "cli.main", *args],
         input=stdin,
         capture_output=True,
-        env=full_env,
-        cwd=cwd or Path(__file__).resolve().parent.parent,
+        env=cli_env(env),
+        cwd=cwd or ROOT,
         timeout=600,
     )
+
+
+def seconds_of_cli(args: list[str]) -> float:
+    """Wall time of one uninterrupted run of a command that succeeds: crash tests place their
+    kills at fractions of it, so they land mid-run on a fast machine and on a slow one."""
+    started = time.monotonic()
+    done = run_cli(args)
+    assert done.returncode == 0, done.stderr.decode()
+    return time.monotonic() - started
+
+
+def killed_after(args: list[str], delay: float) -> bool:
+    """Start a command, SIGKILL it ``delay`` seconds later if it is still running, wait for it;
+    whether it was killed mid-run."""
+    process = subprocess.Popen([sys.executable, "-m", "cli.main", *args], cwd=ROOT, env=cli_env(),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(delay)
+    running = process.poll() is None
+    if running:
+        process.send_signal(signal.SIGKILL)
+    process.wait(timeout=120)
+    return running
 
 
 def check(case: Case, store_url: str) -> None:

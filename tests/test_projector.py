@@ -7,9 +7,6 @@ from __future__ import annotations
 
 import os
 import random
-import signal
-import subprocess
-import sys
 import time
 from decimal import Decimal
 from pathlib import Path
@@ -26,9 +23,8 @@ from ledger.store import LedgerStore
 from ledger.verify import verify
 from policies import default_rules
 from projections.settlement import Settlement
-from tests.golden import run_cli
+from tests.golden import killed_after, run_cli, seconds_of_cli
 
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def plain_fold(store: LedgerStore) -> Settlement:
@@ -156,17 +152,12 @@ def test_a_rebuild_killed_at_random_points_leaves_the_previous_projection(tmp_pa
         Projector(store).rebuild()
         month = plain_fold(store).months_with_activity()[-1]
         before = Projector(store).statement(month)[0].digest
-    env = {**os.environ, "NO_COLOR": "1", "TERM": "dumb"}
+    rebuild = ["rebuild", "--store", url]
+    took = seconds_of_cli(rebuild)  # a whole rebuild leaves the same projection
     rng = random.Random(7)
     kills = 0
     for _ in range(4):
-        process = subprocess.Popen([sys.executable, "-m", "cli.main", "rebuild", "--store", url], cwd=ROOT, env=env,
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(rng.uniform(0.8, 3.0))
-        if process.poll() is None:
-            process.send_signal(signal.SIGKILL)
-            kills += 1
-        process.wait()
+        kills += killed_after(rebuild, took * rng.uniform(0.15, 0.9))
         with LedgerStore(url) as store:
             assert verify(store).ok
             assert Projector(store).kept() is not None, "the previous projection is still there"
