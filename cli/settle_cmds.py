@@ -39,7 +39,7 @@ from projections.settlement import (
     next_month,
     parse_month,
 )
-from projections.state import adjustment_count
+from projections.state import adjustment_count, lines_json
 
 app = typer.Typer()
 policy_app = typer.Typer(
@@ -166,7 +166,6 @@ def _payee_info(directory: Directory, payee: str) -> tuple[str, str, str]:
 
 def statement_json(statement: Statement, directory: Directory, payee: str | None = None) -> dict[str, Any]:
     """SPEC §9 keys (month, rule_versions, position, digest, lines, totals) and more."""
-    lines = [line for line in statement.lines if payee is None or line.payee == payee]
     totals = [t for t in statement.totals if payee is None or t.payee == payee]
     check = statement.closed
     return {
@@ -174,7 +173,7 @@ def statement_json(statement: Statement, directory: Directory, payee: str | None
         "rule_versions": list(statement.rule_versions),
         "position": statement.position,
         "digest": statement.digest,
-        "lines": [line.as_json() for line in lines],
+        "lines": lines_json(statement.lines, payee),
         "totals": {t.payee: t.as_json() for t in totals},
         "grand_total": statement.grand_total.as_json(),
         "payees": {

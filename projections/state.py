@@ -307,6 +307,15 @@ class KeptLines(Sequence[Line]):
     __hash__ = None  # type: ignore[assignment]
 
 
+def lines_json(lines: Sequence[Line], payee: str | None = None) -> list[dict[str, Any]]:
+    """Every line's `Line.as_json` (only ``payee``'s, if given), in order. Kept lines are turned
+    into JSON straight from their kept states, without building a `Line` each: half the time of
+    a million-event month's ``settle --json``."""
+    if isinstance(lines, KeptLines):
+        return [_state_json(state) for state in orjson.loads(lines.raw) if payee is None or state[_PAYEE] == payee]
+    return [line.as_json() for line in lines if payee is None or line.payee == payee]
+
+
 def adjustment_count(lines: Sequence[Line]) -> int:
     """How many of a statement's lines adjust closed months (kept lines know without decoding)."""
     kept = getattr(lines, "adjustments", None)

@@ -23,6 +23,7 @@ from ledger.store import LedgerStore
 from ledger.verify import verify
 from policies import default_rules
 from projections.settlement import Settlement
+from projections.state import KeptLines, lines_json
 from tests.golden import killed_after, run_cli, seconds_of_cli
 
 
@@ -47,6 +48,11 @@ def assert_kept_equals_plain(store: LedgerStore) -> list[str]:
             want.digest, want.position, want.rule_versions, want.findings, want.adjusts,
         ), month
         assert (got.closed, got.adjustments_go_to) == (want.closed, want.adjustments_go_to), month
+        # settle --json turns kept lines into JSON without building them: the same JSON
+        assert isinstance(got.lines, KeptLines)
+        assert lines_json(got.lines) == [line.as_json() for line in want.lines], month
+        payee = want.lines[len(want.lines) // 2].payee if want.lines else None
+        assert lines_json(got.lines, payee) == [line.as_json() for line in want.lines if line.payee == payee], month
     return months
 
 
