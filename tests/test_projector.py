@@ -18,7 +18,7 @@ from ledger.demo import generate
 from ledger.events import parse_event
 from ledger.identity import customer_id_for, is_reference_data
 from ledger.ingest import ingest_events
-from ledger.projector import Projector
+from ledger.projector import Projector, _SqliteTables
 from ledger.store import LedgerStore
 from ledger.verify import verify
 from policies import default_rules
@@ -100,6 +100,20 @@ def test_kept_statements_equal_the_plain_fold_through_refreshes_a_close_and_late
         done = Projector(store).refresh()
         assert (done.kind, done.reason) == ("rebuild", "new rule sets or reference data")
         assert_kept_equals_plain(store)
+
+
+def test_a_refresh_on_a_sqlite_without_delete_returning_keeps_the_same_statements(tmp_path, monkeypatch) -> None:
+    """SQLite before 3.35 (Debian 11, Ubuntu 20.04) has no DELETE ... RETURNING: a refresh
+    there finds the months it touched with a SELECT first, and keeps the same statements."""
+    monkeypatch.setattr(_SqliteTables, "returning", False)
+    reference, first, second, third = demo_batches(seed=17, customers=60)
+    with LedgerStore(f"sqlite:///{tmp_path / 'old.db'}") as store:
+        assert not ingest_events(store, [adoption_event(default_rules()), *reference, *first]).rejected
+        assert Projector(store).refresh().kind == "rebuild"
+        assert not ingest_events(store, [*second, *third]).rejected
+        done = Projector(store).refresh()
+        assert done.kind == "refresh" and done.customers > 0
+        assert assert_kept_equals_plain(store)
 
 
 def test_a_rebuild_shared_between_worker_processes_equals_the_plain_fold(store_url: str) -> None:
