@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from ledger.events import parse_event
-from ledger.store import CHUNK_EVENTS, GENESIS, ChainHead, LedgerStore, WriteConflict, chain_next, content_digest
+from ledger.store import CHAIN_TOPIC, CHUNK_EVENTS, GENESIS, ChainHead, LedgerStore, WriteConflict, chain_next, content_digest
 from tests.scenario import CLINIC, scenario
 
 
@@ -81,6 +81,21 @@ def test_reads_can_start_after_a_position_and_stop_at_one(store: LedgerStore) ->
     middle = positions[4]
     assert [r.position for r in store.read(after=middle)] == positions[5:]
     assert [r.position for r in store.read(upto=middle)] == positions[:5]
+
+
+def test_paged_raw_reads_give_the_rows_the_library_reads(store: LedgerStore) -> None:
+    """`read_raw` queries the events table itself (binary, plain tuples): page after page it must
+    give exactly the rows of the library's own ``select_notifications``, chain links left out."""
+    positions = store.append(stores(CHUNK_EVENTS + 23), store.head())
+    library = [
+        (n.id, n.topic, bytes(n.state))
+        for n in store.recorder.select_notifications(0, 10 * CHUNK_EVENTS, inclusive_of_start=False)
+        if n.topic != CHAIN_TOPIC
+    ]
+    assert len(library) == len(positions)
+    assert list(store.read_raw(page=97)) == library
+    assert [row[0] for row in store.read_raw(after=positions[100], upto=positions[400], page=50)] == positions[101:401]
+    assert list(store.read_raw(after=positions[-1])) == []
 
 
 def test_a_second_connection_sees_what_the_first_wrote(store_url: str) -> None:
