@@ -44,6 +44,25 @@ def test_each_command_line_loads_only_its_commands_module_and_that_module_has_th
     assert modules_for(["channel-ledger", "--help"]) == modules_for(["channel-ledger", "nosuch"]) == MODULES
 
 
+@pytest.mark.parametrize(("command", "collector_on"), [("ledgers", False), ("settle", False), ("serve", True)])
+def test_a_one_shot_command_runs_with_the_cyclic_collector_paused_and_serve_keeps_it(command, collector_on, monkeypatch) -> None:
+    import gc
+
+    import cli.main
+
+    seen = []
+
+    def fake_app(**_options):
+        seen.append(gc.isenabled())
+
+    monkeypatch.setattr(cli.main, "build_app", lambda modules: fake_app)
+    monkeypatch.setattr("sys.argv", ["channel-ledger", command, "--store", "sqlite:///nowhere.db"])
+    assert gc.isenabled()
+    cli.main.main()
+    assert seen == [collector_on]
+    assert gc.isenabled(), "the collector is back when the command ends"
+
+
 def test_ingest_json_has_the_documented_keys(tmp_path, sqlite_store_url) -> None:
     path = write(tmp_path, CLINIC + '{"event_id": "x", "type": "session.delivered", "occurred_at": "2026-07-08T10:00:00+08:00", "order_id": "nope", "clinician_id": "p1", "room_id": "r", "minutes": 50}')
     done = run_cli(["ingest", path, "--json", "--store", sqlite_store_url])
