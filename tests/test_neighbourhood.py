@@ -13,6 +13,7 @@ from ledger.store import LedgerStore
 from policies import default_rules
 from projections.customers import customer_events
 from projections.pipeline import facts
+from tests.golden import run_cli
 
 
 def test_every_customer_reads_the_same_through_the_index_as_through_the_stream(store_url, tmp_path) -> None:
@@ -33,6 +34,15 @@ def test_every_customer_reads_the_same_through_the_index_as_through_the_stream(s
             assert customer_events(local.events, local.identity, customer) == customer_events(full.events, full.identity, customer)
             checked += 1
         assert checked == len(full.identity.customers()) > 100
+
+    # `events --customer` lists the neighbourhood's events of the customer: the full fold's
+    # (a customer merged into another is asked for by its own id and lists the survivor's)
+    merged = sorted(c for c in full.identity.created_at if c in full.identity.parent)
+    for ref in [*full.identity.customers()[:2], *merged[:1]]:
+        listed = run_cli(["events", "--customer", ref, "--limit", "0", "--json", "--store", store_url])
+        assert listed.returncode == 0, listed.stderr.decode()
+        want = [e.event_id for e in customer_events(full.events, full.identity, full.identity.root(ref))]
+        assert [row["event"]["event_id"] for row in orjson.loads(listed.stdout)["events"]] == want
 
 
 def test_a_phone_finds_its_customer_however_it_is_written(store) -> None:
