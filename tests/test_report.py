@@ -217,6 +217,27 @@ def test_the_figures_are_the_commands_figures(group: dict) -> None:
         check_forecast(page, group["liability"])
 
 
+def test_the_statement_is_the_kept_one_unless_the_store_moved_on_after_the_page_was_read(group: dict) -> None:
+    from cli.report import statement_at
+    from ledger.store import LedgerStore
+    from projections.settlement import Settlement
+    from projections.state import KeptLines
+
+    with LedgerStore(group["url"]) as store:
+        position = store.position()
+        recorded = list(store.read(upto=position))
+        kept = statement_at(store, MONTH, recorded, position)
+        assert isinstance(kept.lines, KeptLines) and (kept.position, kept.digest) == (position, group["settle"]["digest"])
+        # as if another writer appended after the first half was read: the page stays of that half
+        half = recorded[: len(recorded) // 2]
+        at = half[-1].position
+        folded = statement_at(store, MONTH, half, at)
+        plain = Settlement(((r.position, r.event) for r in half), position=at).statement(MONTH)
+        assert not isinstance(folded.lines, KeptLines)
+        assert (folded.position, folded.digest, tuple(folded.lines)) == (at, plain.digest, tuple(plain.lines))
+        assert folded.digest != kept.digest
+
+
 def test_the_heatmap_shows_every_store_and_month_and_flags_the_pressed_ones(group: dict) -> None:
     forecast = group["liability"]["forecast"]
     flagged = [row for row in forecast if row["flagged"]]
