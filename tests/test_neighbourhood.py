@@ -44,6 +44,15 @@ def test_every_customer_reads_the_same_through_the_index_as_through_the_stream(s
         want = [e.event_id for e in customer_events(full.events, full.identity, full.identity.root(ref))]
         assert [row["event"]["event_id"] for row in orjson.loads(listed.stdout)["events"]] == want
 
+    # a listing of the first N events names each one's customer from its component, as the
+    # whole-stream listing (--limit 0) does, and counts every match
+    for filters in ([], ["--type", "session.delivered"], ["--type", "lead.captured", "--type", "order.refunded"]):
+        whole = orjson.loads(run_cli(["events", *filters, "--limit", "0", "--json", "--store", store_url]).stdout)
+        first = orjson.loads(run_cli(["events", *filters, "--limit", "37", "--json", "--store", store_url]).stdout)
+        assert first["count"] == whole["count"] > 37 and first["shown"] == 37
+        assert first["events"] == whole["events"][:37]
+        assert not filters or all(row["customer_id"] for row in first["events"])  # unfiltered, the first are reference data
+
 
 def test_a_phone_finds_its_customer_however_it_is_written(store) -> None:
     from tests.scenario import CLINIC, scenario
