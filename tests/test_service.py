@@ -14,7 +14,7 @@ import orjson
 import pytest
 import schemathesis
 from fastapi.testclient import TestClient
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 
 from cli.common import CommandError
 from cli.service import Source, create_app, hash_token, load_sources
@@ -402,6 +402,14 @@ def test_the_service_keeps_to_its_description(fuzzed_app, operation: str, mode: 
     @given(case=found[operation].as_strategy(generation_mode=mode))
     @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck), database=None)
     def generated(case) -> None:
+        if mode is schemathesis.GenerationMode.NEGATIVE:
+            # Two of schemathesis' invalid requests reach the service as valid ones: an extra
+            # query parameter whose value is an empty list vanishes from the URL (as_of=…&''=[]
+            # was sent as as_of=… and answered 200), and a missing Authorization header is the
+            # one this test adds to every request. Those are not invalid input.
+            assume(not any(value == [] for value in (case.query or {}).values()))
+            mutated = {str(where.value) for where, info in case.meta.components.items() if info.mode is schemathesis.GenerationMode.NEGATIVE}
+            assume(mutated != {"header"})
         case.call_and_validate(headers={**(case.headers or {}), **auth(FRONT_DESK)}, excluded_checks=excluded)
 
     generated()
