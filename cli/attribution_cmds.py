@@ -55,8 +55,7 @@ def local_facts(ledger: LedgerStore, found: Iterable[Recorded], position: int) -
     kept = Projector(ledger).snapshot()
     if kept is not None:
         return facts_with(found, position, *kept)
-    have = {r.position for r in found}
-    reference = [r for r in ledger.read_at(ledger.find(["d:"]) - have) if r.position <= position]
+    reference = [r for r in ledger.reference_data(known=(r.position for r in found)) if r.position <= position]
     return facts(sorted([*found, *reference], key=lambda r: r.position), position)
 
 

@@ -234,7 +234,7 @@ class Service:
     def rules_now(self) -> RuleSet:
         """The rules in force now (their time zone says which month is the current one)."""
         store = self.store
-        book = rule_book(r.event for r in store.read_at(store.find(["d:"])))
+        book = rule_book(r.event for r in store.reference_data())
         try:
             return book.in_force_at(self.clock())
         except NoRulesInForce:

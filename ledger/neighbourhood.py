@@ -55,5 +55,5 @@ def neighbourhood(store: LedgerStore, ref: str, reference: bool = True) -> list[
             frontier.update(t for t in index_terms(recorded.event) if t[:2] in ("k:", "o:", "a:", "t:"))
     if not found:
         return []
-    data = store.read_at(store.find(["d:"]) - set(found)) if reference else []
+    data = store.reference_data(known=found) if reference else []
     return sorted([*found.values(), *data], key=lambda r: r.position)

@@ -141,7 +141,7 @@ class Projector:
 
     def reference(self) -> Reference:
         """Every rule set and piece of reference data, through the index (not the stream)."""
-        return Reference((r.position, r.event) for r in self.store.read_at(self.store.find(["d:"])))
+        return Reference((r.position, r.event) for r in self.store.reference_data())
 
     # -- the rules-of-record state, kept for the next ingest -----------------------------------
 

@@ -28,7 +28,7 @@ import hashlib
 import hmac
 import os
 import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -339,10 +339,11 @@ class LedgerStore:
         link = self.mapper.to_domain_event(last[0])
         return ChainHead(link.originator_version, link.head)
 
-    def read(self, after: int = 0, upto: int | None = None, page: int = 5000) -> Iterator[Recorded]:
-        """Source events in ledger order from position ``after`` (exclusive) to ``upto`` (inclusive)."""
+    def read(self, after: int = 0, upto: int | None = None, page: int = 5000, topics: Collection[str] | None = None) -> Iterator[Recorded]:
+        """Source events in ledger order from position ``after`` (exclusive) to ``upto`` (inclusive);
+        with ``topics``, only the events stored under those topics (the others are not decoded)."""
         rows: list[tuple[int, str, bytes]] = []
-        for row in self.read_raw(after, upto, page):
+        for row in self.read_raw(after, upto, page, topics):
             rows.append(row)
             if len(rows) >= page:
                 yield from self._recorded(rows)
@@ -387,14 +388,15 @@ class LedgerStore:
             raise StoreError(NEEDS_KEY)
         return hmac.compare_digest(recorded.mac, self.key.content_mac(digest))
 
-    def read_raw(self, after: int = 0, upto: int | None = None, page: int = 5000) -> Iterator[tuple[int, str, bytes]]:
-        """(position, topic, state) of source events in ledger order, without decoding."""
+    def read_raw(self, after: int = 0, upto: int | None = None, page: int = 5000, topics: Collection[str] | None = None) -> Iterator[tuple[int, str, bytes]]:
+        """(position, topic, state) of source events in ledger order (only those under ``topics``, if
+        given), without decoding."""
         start = after
         while True:
             with _translated(self):
                 rows = self.backend.rows_after(start, upto, page)
             for row in rows:
-                if row[1] != CHAIN_TOPIC:
+                if row[1] != CHAIN_TOPIC and (topics is None or row[1] in topics):
                     yield row
             if len(rows) < page:
                 return
@@ -439,6 +441,11 @@ class LedgerStore:
         by its indexes without statistics: nothing to do there."""
         with _translated(self):
             return bool(self.backend.update_statistics(self.position()))
+
+    def reference_data(self, known: Iterable[int] = ()) -> list[Recorded]:
+        """The reference data and rule sets (filed under ``d:`` in the index: read by every
+        customer's fold), in ledger order — without those at the positions in ``known``."""
+        return self.read_at(self.find(["d:"]) - set(known))
 
     def read_at(self, positions: Iterable[int]) -> list[Recorded]:
         """The source events at these positions, in ledger order."""
